@@ -1,0 +1,25 @@
+"""peft-planner: exact parameter counts, memory budgets and recommendations for fine-tuning.
+
+Pure Python (pydantic, numpy): never imports torch, transformers or streamlit.
+
+    >>> import planner
+    >>> plan = planner.estimate("meta-llama/Llama-2-7b-hf", method="lora", r=8, target_modules=["q_proj", "v_proj"])
+    >>> plan.trainable_params
+    4194304
+"""
+
+from planner.api import estimate
+from planner.catalog import model_ids
+from planner.errors import (
+    ConfigError, MethodConfigError, PlannerError, TargetModulesError, UnknownModelError, UnsupportedModelError,
+)
+from planner.methods import method_names, methods
+from planner.models import load_model
+from planner.plan import Plan
+from planner.spec import ModelSpec
+
+__all__ = [
+    "estimate", "load_model", "model_ids", "methods", "method_names", "Plan", "ModelSpec", "PlannerError",
+    "ConfigError", "MethodConfigError", "TargetModulesError", "UnknownModelError", "UnsupportedModelError",
+]
+__version__ = "0.1.0"

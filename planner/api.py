@@ -1,0 +1,86 @@
+"""The public interface: ``estimate`` (and, later, ``recommend`` / ``solve_max``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from planner.adapter_file import safetensors_file_bytes
+from planner.constants import normalise_dtype
+from planner.errors import MethodConfigError
+from planner.methods import get_method, method_for_peft_type
+from planner.methods.base import MethodPlan
+from planner.models import ModelLike, load_model
+from planner.plan import Plan
+from planner.spec import ModelSpec
+
+#: Keyword options of ``estimate`` that are training settings, not method options.
+SETTING_KEYS = frozenset({"dtype", "adapter_dtype"})
+
+
+def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **options: Any) -> tuple[MethodPlan, str, list[str]]:
+    """Validate the method config and apply it to the model's inventory."""
+    if isinstance(method, Mapping):
+        mapping = dict(method)
+        if "peft_type" not in mapping:
+            raise MethodConfigError("a PEFT config mapping needs 'peft_type' (e.g. 'LORA')", field="peft_type")
+        info = method_for_peft_type(mapping["peft_type"])
+        alias = info.name
+        if mapping.get("use_dora") and info.name == "lora":
+            alias = "dora"
+        mapping.update(options)
+        cfg, ignored = info.config.from_options(mapping, from_peft_mapping=True)
+    else:
+        if not isinstance(method, str):
+            raise MethodConfigError(f"method must be a name or a PEFT config mapping, got {type(method).__name__}", field="method")
+        info, alias = get_method(method)
+        cfg, ignored = info.config.from_options(options, from_peft_mapping=False)
+    return info.build(cfg, spec, alias), alias, ignored
+
+
+def adapter_file_bytes(plan: MethodPlan, spec: ModelSpec, dtype: str, adapter_dtype: str) -> int:
+    """Size of the file ``save_pretrained`` writes (full fine-tuning: the model's safetensors)."""
+    if plan.category == "full":
+        return safetensors_file_bytes(((n, p.shape, dtype) for n, p in spec.inventory.named_parameters()), metadata={"format": "pt"})
+    dtypes = {"adapter": adapter_dtype, "base": dtype, "float32": "float32", "int64": "int64"}
+    items = [(t.saved_name, t.saved_shape or t.shape, dtypes[t.dtype]) for t in plan.new_tensors if t.saved_name]
+    items += [(s.saved_name, s.shape, dtypes[s.dtype]) for s in plan.saved_base]
+    for m in plan.copied_modules:
+        for p in m.params:
+            items.append((f"base_model.model.{m.path}.{p.name}", p.shape, dtype))
+    return safetensors_file_bytes(items)
+
+
+def count(plan: MethodPlan, spec: ModelSpec) -> tuple[int, int, int]:
+    """(trainable, total as PEFT reports it, added) parameter counts."""
+    params = {n: p for n, p in spec.inventory.named_parameters()}
+    added = sum(t.numel for t in plan.new_tensors)
+    copies = sum(m.own_numel for m in plan.copied_modules)
+    trainable = sum(t.numel for t in plan.new_tensors if t.trainable)
+    trainable += sum(params[n].numel for n in plan.trainable_base) + copies
+    return trainable, spec.total_params + added + copies, added + copies
+
+
+def estimate(model: ModelLike, method: str | Mapping[str, Any] = "lora", **options: Any) -> Plan:
+    """Plan fine-tuning ``model`` with ``method``.
+
+    ``model``: catalog id, path to a config.json, a config dict, or a ModelSpec.
+    ``method``: a method name (``"full"``, ``"lora"``, ``"qlora"``, ``"dora"``, ``"ia3"``,
+    ``"prefix_tuning"``, ...) with PEFT's field names as keyword options, or a PEFT config mapping
+    (an adapter_config.json's content; its ``peft_type`` selects the method).
+    Settings: ``dtype`` (model weights; default bfloat16), ``adapter_dtype`` (default float32:
+    PEFT's ``autocast_adapter_dtype=True`` keeps adapters in fp32 over a 16-bit base).
+    """
+    spec = load_model(model)
+    settings = {k: options.pop(k) for k in list(options) if k in SETTING_KEYS}
+    dtype = normalise_dtype(settings.get("dtype") or "bfloat16")
+    adapter_dtype = normalise_dtype(settings.get("adapter_dtype") or "float32", field="adapter_dtype")
+    mplan, alias, ignored = plan_method(spec, method, **options)
+    trainable, total, added = count(mplan, spec)
+    return Plan(
+        model=spec.name, model_type=spec.model_type, method=alias, method_family=mplan.method if mplan.method != alias else alias,
+        peft_type=mplan.peft_type, category=mplan.category, trainable_params=trainable, total_params=total,
+        base_params=spec.total_params, added_params=added, trainable_percent=100.0 * trainable / total,
+        adapted_modules=list(mplan.adapted_paths), num_adapted_modules=len(mplan.adapted),
+        adapter_file_bytes=adapter_file_bytes(mplan, spec, dtype, adapter_dtype), dtype=dtype, adapter_dtype=adapter_dtype,
+        peft_config=mplan.peft_config, notes=list(mplan.notes), ignored_options=ignored,
+    )
