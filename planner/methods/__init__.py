@@ -76,4 +76,4 @@ def method_names() -> list[str]:
 
 
 # Import the method modules so they register themselves (order = display order).
-from planner.methods import full, lora  # noqa: E402,F401
+from planner.methods import full, lora, ia3, prompt_learning, selective  # noqa: E402,F401

@@ -126,6 +126,8 @@ class MethodConfig(BaseModel):
             err = exc.errors()[0]
             loc = ".".join(str(x) for x in err["loc"]) or None
             msg = err["msg"].removeprefix("Value error, ")
+            if loc is None and msg.split(" ", 1)[0] in known:  # model-level check: its message starts with the field
+                loc = msg.split(" ", 1)[0]
             raise MethodConfigError(f"{msg} (got {err.get('input')!r})", field=loc) from None
 
     @classmethod

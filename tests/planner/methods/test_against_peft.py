@@ -39,18 +39,22 @@ def plan_trainable_names(model_id, method, **options):
     return mplan.trainable_base
 
 
-@pytest.mark.parametrize("model_id", IDS)
-def test_lora_default_targets(model_id):
-    spec = planner.load_model(model_id)
+def check_defaults(model_id: str, method: str, peft_type: str, **options):
+    """Default target modules: where PEFT has none for the model type (e.g. phi3), both refuse."""
     from planner.methods.defaults import default_targets
 
-    if spec.model_type in default_targets("lora"):
-        check(model_id, "lora", r=8)
-    else:  # PEFT has no default either (e.g. phi3): both refuse
+    if planner.load_model(model_id).model_type in default_targets(method):
+        check(model_id, method, **options)
+    else:
         with pytest.raises(planner.TargetModulesError, match="no default target modules"):
-            planner.estimate(model_id, method="lora")
+            planner.estimate(model_id, method=method, **options)
         with pytest.raises(ValueError):
-            apply_peft(build_base(catalog.config(model_id)), {"peft_type": "LORA", "r": 8})
+            apply_peft(build_base(catalog.config(model_id)), {"peft_type": peft_type, **options})
+
+
+@pytest.mark.parametrize("model_id", IDS)
+def test_lora_default_targets(model_id):
+    check_defaults(model_id, "lora", "LORA", r=8)
 
 
 @pytest.mark.parametrize("model_id", IDS)
@@ -95,3 +99,36 @@ def test_lora_moe_target_parameters():
 
 def test_lora_modules_to_save():
     check("google-bert/bert-base-uncased", "lora", r=8, target_modules=["query", "value"], modules_to_save=["transform.dense"])
+
+
+@pytest.mark.parametrize("model_id", IDS)
+def test_ia3_defaults(model_id):
+    check_defaults(model_id, "ia3", "IA3")
+
+
+@pytest.mark.parametrize("model_id", IDS)
+def test_prompt_tuning(model_id):
+    check(model_id, "prompt_tuning", num_virtual_tokens=20)
+
+
+@pytest.mark.parametrize("model_id", SMALL_IDS)
+@pytest.mark.parametrize("method,options", [
+    ("prefix_tuning", dict(num_virtual_tokens=10)),
+    ("prefix_tuning", dict(num_virtual_tokens=10, prefix_projection=True, encoder_hidden_size=64)),
+    ("p_tuning", dict(num_virtual_tokens=8, encoder_hidden_size=32)),
+    ("p_tuning", dict(num_virtual_tokens=8, encoder_hidden_size=16, encoder_reparameterization_type="LSTM")),
+])
+def test_prompt_learning_variants(model_id, method, options):
+    check(model_id, method, **options)
+
+
+@pytest.mark.parametrize("model_id", SMALL_IDS)
+@pytest.mark.parametrize("method,options", [("bitfit", {}), ("partial", dict(last_k_layers=2)),
+                                            ("partial", dict(last_k_layers=1, train_lm_head=True))])
+def test_selective(model_id, method, options):
+    spec = planner.load_model(model_id)
+    if method == "bitfit" and not any(n.endswith(".bias") for n, _ in spec.inventory.named_parameters()):
+        with pytest.raises(planner.MethodConfigError, match="no bias"):
+            planner.estimate(model_id, method=method, **options)
+        return
+    check(model_id, method, **options)
