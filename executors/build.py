@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
@@ -46,33 +44,6 @@ ADALORA_DEFAULT_TOTAL_STEP = 1000
 #: PEFT types whose adapter init reads tensor values (BOFT's ``perm2mat`` calls ``.item()``):
 #: built on the CPU first; PEFT then moves the adapters to the meta base layers.
 PEFT_TYPES_INITIALISED_OFF_META = frozenset({"BOFT"})
-
-#: safetensors layout (https://github.com/huggingface/safetensors, "Format"): an 8-byte
-#: little-endian header length, a JSON header padded with spaces to a multiple of 8 bytes
-#: (``N_ALIGN`` in safetensors/src/tensor.rs), then the raw tensor bytes.
-SAFETENSORS_HEADER_LENGTH_BYTES = 8
-SAFETENSORS_HEADER_ALIGN = 8
-
-#: safetensors ``Dtype`` enum order (safetensors/src/tensor.rs, derived ``Ord``); tensors are laid
-#: out by descending dtype, then by name, which decides the offsets written in the header.
-_SAFETENSORS_DTYPE_ORDER = [
-    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
-    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
-]
-_TORCH_TO_SAFETENSORS_DTYPE: dict[torch.dtype, str] = {
-    torch.bool: "BOOL",
-    torch.uint8: "U8",
-    torch.int8: "I8",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.int16: "I16",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int32: "I32",
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.int64: "I64",
-}
 
 
 @dataclass
@@ -440,24 +411,12 @@ def _meta_cpu_is_identity() -> Iterator[None]:
 
 
 def safetensors_file_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:
-    """Exact size of ``safetensors.torch.save_file(tensors, metadata=metadata)`` from shapes and dtypes."""
-    entries = []
-    for name, t in tensors.items():
-        st_dtype = _TORCH_TO_SAFETENSORS_DTYPE.get(t.dtype)
-        if st_dtype is None:
-            raise ValueError(f"dtype {t.dtype} of {name!r} has no safetensors equivalent here")
-        entries.append((name, st_dtype, list(t.shape), t.numel() * t.element_size()))
-    entries.sort(key=lambda e: (-_SAFETENSORS_DTYPE_ORDER.index(e[1]), e[0]))
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    for name, st_dtype, shape, nbytes in entries:
-        header[name] = {"dtype": st_dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    padded = math.ceil(len(text) / SAFETENSORS_HEADER_ALIGN) * SAFETENSORS_HEADER_ALIGN
-    return SAFETENSORS_HEADER_LENGTH_BYTES + padded + offset
+    """Exact size of ``safetensors.torch.save_file(tensors, metadata=metadata)``: the planner's one
+    layout implementation (planner.adapter_file) applied to real tensors' names, shapes, dtypes."""
+    from planner.adapter_file import safetensors_file_bytes as layout_bytes
+
+    items = [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()]
+    return layout_bytes(items, dict(metadata) if metadata else None)
 
 
 #: ``PeftModel.save_pretrained`` writes ``metadata={"format": "pt"}`` into the safetensors file.
