@@ -123,6 +123,19 @@ class Measurement:
 # MemTracker, adapted
 
 
+def run_phase(phase: str, model, batch: dict, optimizer, loss):
+    """One phase of the reference training step; returns the loss still alive after it (dropping
+    the reference after backward frees the graph, as ``del loss`` would)."""
+    if phase == "forward":
+        return model(**batch).loss
+    if phase == "backward":
+        loss.backward()
+        return None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return None
+
+
 def _make_tracker_class() -> type:
     from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
@@ -378,18 +391,12 @@ def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[
         tracker.track_external(model, optimizer, batch)
         tracker.track_as_weights(_quant_state_tensors(model))
         with tracker:
+            loss = None
             for phase in PHASES:
                 tracker.restart_peak()
                 if on_phase is not None:
                     on_phase(step, phase, None)
-                if phase == "forward":
-                    loss = model(**batch).loss
-                elif phase == "backward":
-                    loss.backward()
-                    del loss
-                else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                loss = run_phase(phase, model, batch, optimizer, loss)
                 peak, snap = tracker.phase_peak()
                 results.append(PhasePeak(step=step, phase=phase, peak_bytes=peak, breakdown=snap))
     return results
@@ -549,18 +556,12 @@ def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimiz
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     try:
+        loss = None
         for step in range(1, steps + 1):
             for phase in PHASES:
                 failed = f"step {step} {phase}"
                 torch.cuda.reset_peak_memory_stats(dev)
-                if phase == "forward":
-                    loss = model(**batch).loss
-                elif phase == "backward":
-                    loss.backward()
-                    del loss
-                else:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                loss = run_phase(phase, model, batch, opt, loss)
                 torch.cuda.synchronize(dev)
                 peak = torch.cuda.max_memory_allocated(dev)
                 reserved = max(reserved, torch.cuda.max_memory_reserved(dev))

@@ -17,8 +17,8 @@ from planner.spec import ModelSpec
 SETTING_KEYS = frozenset({"dtype", "adapter_dtype"})
 
 
-def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **options: Any) -> tuple[MethodPlan, str, list[str]]:
-    """Validate the method config and apply it to the model's inventory."""
+def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **options: Any) -> tuple[MethodPlan, str, list[str], str]:
+    """Validate the method config and apply it: (method plan, name asked for, ignored keys, registered method)."""
     if isinstance(method, Mapping):
         mapping = dict(method)
         if "peft_type" not in mapping:
@@ -34,7 +34,7 @@ def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **opt
             raise MethodConfigError(f"method must be a name or a PEFT config mapping, got {type(method).__name__}", field="method")
         info, alias = get_method(method)
         cfg, ignored = info.config.from_options(options, from_peft_mapping=False)
-    return info.build(cfg, spec, alias), alias, ignored
+    return info.build(cfg, spec, alias), alias, ignored, info.name
 
 
 def adapter_file_bytes(plan: MethodPlan, spec: ModelSpec, dtype: str, adapter_dtype: str) -> int:
@@ -74,10 +74,10 @@ def estimate(model: ModelLike, method: str | Mapping[str, Any] = "lora", **optio
     settings = {k: options.pop(k) for k in list(options) if k in SETTING_KEYS}
     dtype = normalise_dtype(settings.get("dtype") or "bfloat16")
     adapter_dtype = normalise_dtype(settings.get("adapter_dtype") or "float32", field="adapter_dtype")
-    mplan, alias, ignored = plan_method(spec, method, **options)
+    mplan, alias, ignored, family = plan_method(spec, method, **options)
     trainable, total, added = count(mplan, spec)
     return Plan(
-        model=spec.name, model_type=spec.model_type, method=alias, method_family=mplan.method if mplan.method != alias else alias,
+        model=spec.name, model_type=spec.model_type, method=alias, method_family=family,
         peft_type=mplan.peft_type, category=mplan.category, trainable_params=trainable, total_params=total,
         base_params=spec.total_params, added_params=added, trainable_percent=100.0 * trainable / total,
         adapted_modules=list(mplan.adapted_paths), num_adapted_modules=len(mplan.adapted),

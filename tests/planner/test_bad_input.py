@@ -82,6 +82,12 @@ def test_peft_mapping_ignores_bookkeeping_keys(tmp_path):
     plan = planner.estimate("meta-llama/Llama-2-7b-hf", method=mapping)
     assert plan.trainable_params == 4_194_304  # seed exercise 1
     assert "init_lora_weights" in plan.ignored_options
+    assert plan.method_family == "lora"
+
+
+def test_alias_keeps_registered_family():
+    plan = planner.estimate("meta-llama/Llama-2-7b-hf", method="qlora", target_modules=["q_proj"])
+    assert (plan.method, plan.method_family) == ("qlora", "lora")
 
 
 def test_cli_estimate_json_and_errors(tmp_path, capsys):

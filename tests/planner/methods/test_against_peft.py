@@ -35,7 +35,7 @@ def check(model_id: str, method: str, **options):
 def plan_trainable_names(model_id, method, **options):
     from planner.api import plan_method
 
-    mplan, _, _ = plan_method(planner.load_model(model_id), method, **options)
+    mplan, _, _, _ = plan_method(planner.load_model(model_id), method, **options)
     return mplan.trainable_base
 
 
