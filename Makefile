@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench validation clean
+.PHONY: install run test test-fast bench validation clean browser-test
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
+# The web app in headless Chromium (installs chromium / playwright where it can); screenshots in artifacts/screenshots.
+browser-test: $(STAMP)
+	PY=$(PY) bash .ci/browser-test.sh
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# Measure the validation matrices and compare with planner.estimate; rewrites docs/validation/.
+# fake: full-scale shapes on the CPU (minutes); cpu: tiny configs with real tensors + merge checks.
+validation: $(STAMP)
+	@rc=0; \
+	$(PY) -m executors.validate --matrix executors/matrices/default.json --device fake --quiet \
+		--json docs/validation/fake.json --markdown docs/validation/fake.md || rc=1; \
+	$(PY) -m executors.validate --matrix executors/matrices/cpu-small.json --device cpu --quiet \
+		--json docs/validation/cpu-small.json --markdown docs/validation/cpu-small.md || rc=1; \
+	exit $$rc

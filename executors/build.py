@@ -170,7 +170,7 @@ def _quantize_linears_4bit(model: nn.Module, quantization: Mapping[str, Any], de
     import bitsandbytes as bnb
 
     if not quantization.get("load_in_4bit"):
-        raise NotImplementedError("only load_in_4bit quantization is supported (got %r)" % dict(quantization))
+        raise NotImplementedError("quantization needs load_in_4bit or load_in_8bit (got %r)" % dict(quantization))
     quant_type = quantization.get("bnb_4bit_quant_type", "fp4")
     double = bool(quantization.get("bnb_4bit_use_double_quant", False))
     compute = resolve_dtype(quantization.get("bnb_4bit_compute_dtype", "float32"))
@@ -206,6 +206,45 @@ def _quantize_linears_4bit(model: nn.Module, quantization: Mapping[str, Any], de
             setattr(parent, child_name, new)
             replaced += 1
     model.is_loaded_in_4bit = True
+    model.is_quantized = True
+    return replaced
+
+
+def _quantize_linears_8bit(model: nn.Module, quantization: Mapping[str, Any], device: str) -> int:
+    """Replace every ``nn.Linear`` but the output embedding by ``bnb.nn.Linear8bitLt`` (LLM.int8()).
+
+    As transformers does for ``BitsAndBytesConfig(load_in_8bit=True)``: frozen int8 weights
+    (``has_fp16_weights=False``, row-wise scales ``SCB`` in fp32) and the outlier ``threshold``
+    (``llm_int8_threshold``, default 6.0). On meta the weight is an ``Int8Params`` of the same
+    shape in int8 (what PEFT counts); on CPU / CUDA the weight is really quantized.
+    """
+    import bitsandbytes as bnb
+
+    threshold = float(quantization.get("llm_int8_threshold", 6.0))
+    has_fp16 = bool(quantization.get("llm_int8_has_fp16_weight", False))
+    skip = set(quantization.get("llm_int8_skip_modules") or [])
+    output_emb = model.get_output_embeddings()
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or child is output_emb:
+                continue
+            if child_name in skip or any(part in skip for part in parent_name.split(".")):
+                continue
+            new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                      has_fp16_weights=has_fp16, threshold=threshold, device="meta")
+            if device == "meta":
+                new.weight = bnb.nn.Int8Params(torch.empty(child.weight.shape, dtype=torch.int8, device="meta"),
+                                               requires_grad=False, has_fp16_weights=has_fp16)
+            else:
+                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=has_fp16, has_fp16_weights=has_fp16)
+                new.weight = new.weight._quantize(device)  # type: ignore[attr-defined]
+            if child.bias is not None:
+                new.bias = child.bias
+            new.train(child.training)
+            setattr(parent, child_name, new)
+            replaced += 1
+    model.is_loaded_in_8bit = True
     model.is_quantized = True
     return replaced
 
@@ -260,8 +299,9 @@ def build_model(
 
     - ``peft_config`` None and ``trainable_base_params`` None: full fine-tuning (all train).
     - ``trainable_base_params`` given: exactly those base parameters train (plus PEFT's own).
-    - ``quantization``: bitsandbytes 4-bit kwargs; linears (not the output embedding) become
-      ``Linear4bit`` and ``prepare_model_for_kbit_training`` runs before PEFT, as in QLoRA.
+    - ``quantization``: bitsandbytes kwargs (``BitsAndBytesConfig``); linears (not the output
+      embedding) become ``Linear4bit`` (``load_in_4bit``) or ``Linear8bitLt`` (``load_in_8bit``) and
+      ``prepare_model_for_kbit_training`` runs before PEFT, as in QLoRA.
     """
     if device not in ("meta", "cpu", "cuda"):
         raise ValueError(f"device must be 'meta', 'cpu' or 'cuda', got {device!r}")
@@ -295,9 +335,13 @@ def build_model(
     if quantization:
         from peft import prepare_model_for_kbit_training
 
-        n = _quantize_linears_4bit(model, quantization, device)
+        if quantization.get("load_in_8bit"):
+            n = _quantize_linears_8bit(model, quantization, device)
+            notes.append(f"{n} linear layers quantized to int8 (LLM.int8)")
+        else:
+            n = _quantize_linears_4bit(model, quantization, device)
+            notes.append(f"{n} linear layers quantized to 4-bit")
         quantized = True
-        notes.append(f"{n} linear layers quantized to 4-bit")
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
     if gradient_checkpointing:

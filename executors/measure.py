@@ -25,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
@@ -136,6 +135,15 @@ def run_phase(phase: str, model, batch: dict, optimizer, loss):
     return None
 
 
+class _NoHandle:
+    def remove(self) -> None:
+        pass
+
+
+def _no_multi_grad_hook(tensors: Any, fn: Any, *, mode: str = "all") -> _NoHandle:
+    return _NoHandle()
+
+
 def _make_tracker_class() -> type:
     from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
@@ -144,6 +152,34 @@ def _make_tracker_class() -> type:
         ``register_hook`` on every parameter and raises on frozen ones), (2) updates only the
         global peak per op (the stock per-module walk is ~80 % of the wall time at 7B and is not
         used here), (3) can restart the peak at a phase boundary."""
+
+        def __enter__(self) -> "PhaseMemTracker":
+            # ModTracker registers multi-grad hooks on every module's inputs and outputs to follow
+            # modules in backward (per-module stats, not used here). The "all" hook's closure holds
+            # the inputs' grad_fns, and the grad_fn holds the hook: a reference cycle. A graph branch
+            # that backward never visits (DoRA's detached lora_B @ lora_A weight, for one) then
+            # stays alive with its saved tensors until Python's cyclic GC happens to run, at a
+            # moment that differs between real and fake tensors. Without a tracker (a real run)
+            # it is freed as soon as its last reference drops; not registering the hooks gives
+            # exactly that.
+            from torch.distributed._tools import mod_tracker
+
+            self._saved_register_multi_grad_hook = mod_tracker.register_multi_grad_hook
+            mod_tracker.register_multi_grad_hook = _no_multi_grad_hook
+            try:
+                return super().__enter__()
+            except BaseException:
+                mod_tracker.register_multi_grad_hook = self._saved_register_multi_grad_hook
+                raise
+
+        def __exit__(self, *args: Any) -> None:
+            from torch.distributed._tools import mod_tracker
+
+            try:
+                super().__exit__(*args)
+            finally:
+                mod_tracker.register_multi_grad_hook = self._saved_register_multi_grad_hook
+                self._mod_tracker._post_bw_callbacks_to_enqueue.clear()
 
         def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
             def _grad_hook(grad: torch.Tensor) -> None:
@@ -366,14 +402,120 @@ def materialise_fake(module: nn.Module) -> None:
 
 
 def _quant_state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Tensors that quantized weights hold outside parameters: 4-bit quant state (absmax, code,
+    offset, nested state), int8 row scales (``Int8Params.SCB``)."""
     out: list[torch.Tensor] = []
     for m in model.modules():
+        # Linear8bitLt moves the weight's SCB to ``module.state`` at its first forward
+        for holder in (getattr(m, "weight", None), getattr(m, "state", None)):
+            scb = getattr(holder, "SCB", None)
+            if isinstance(scb, torch.Tensor):
+                out.append(scb)
         qs = getattr(getattr(m, "weight", None), "quant_state", None)
         while qs is not None:
             out += [t for t in (getattr(qs, "absmax", None), getattr(qs, "code", None), getattr(qs, "offset", None))
                     if isinstance(t, torch.Tensor)]
             qs = getattr(qs, "state2", None)
     return out
+
+
+def _warm_bnb_code_tables(model: nn.Module) -> None:
+    """Run one tiny real 4-bit quantization per layer flavour outside the fake mode.
+
+    bitsandbytes builds its double-quantization code table (``create_dynamic_map``) with
+    ``.tolist()``, which has no value under FakeTensorMode; it is cached in ``name2qmap`` once built.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbF
+
+    seen: set[tuple] = set()
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            w = m.weight
+            key = (w.blocksize, w.compress_statistics, w.quant_type, w.quant_storage)
+            if key not in seen:
+                seen.add(key)
+                bnbF.quantize_4bit(torch.zeros(4, w.blocksize or 64, dtype=torch.float32), blocksize=w.blocksize,
+                                   compress_statistics=w.compress_statistics, quant_type=w.quant_type,
+                                   quant_storage=w.quant_storage)
+
+
+def materialise_fake_4bit(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Give every meta ``Linear4bit`` a fake packed weight quantized the way ``Params4bit`` does.
+
+    Must run inside ``FakeTensorMode(allow_non_fake_inputs=True)``. A dense fake weight of the
+    ``dtype`` (the dtype the model was loaded in, which ``Params4bit`` quantizes from and
+    dequantizes back to) goes through
+    ``bitsandbytes.functional.quantize_4bit`` with the parameter's own settings; ``Params4bit``
+    cannot wrap a FakeTensor, so the packed weight becomes a plain frozen ``nn.Parameter`` carrying
+    the same attributes (``quant_state``, ``quant_type``, ``blocksize`` ...). The quantization
+    state's tensors (absmax, double-quant absmax / code / offset) are the ones a real run holds;
+    the measurement tracks them as weights.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbF
+
+    done = 0
+    for m in model.modules():
+        if not isinstance(m, bnb.nn.Linear4bit) or not m.weight.is_meta:
+            continue
+        w = m.weight
+        dense = torch.empty(m.out_features, m.in_features, dtype=dtype, device="cpu")
+        packed, state = bnbF.quantize_4bit(dense, blocksize=w.blocksize, compress_statistics=w.compress_statistics,
+                                           quant_type=w.quant_type, quant_storage=w.quant_storage)
+        del dense
+        new = nn.Parameter(packed, requires_grad=False)
+        for attr in ("blocksize", "compress_statistics", "quant_type", "quant_storage", "bnb_quantized", "module"):
+            if hasattr(w, attr):
+                setattr(new, attr, getattr(w, attr))
+        new.quant_state = state
+        m.weight = new
+        m.quant_state = state
+        done += 1
+    return done
+
+
+@contextlib.contextmanager
+def _fake_mode_patches(seed: int) -> Iterator[None]:
+    """Data-dependent Python branches in PEFT tuners, answered without reading fake values.
+
+    - LoHa / LoKr ``module_dropout``: ``torch.rand(1) > p`` decides whether the adapter runs;
+      ``torch.rand(1)`` is served as a fake *constant* from a seeded Python RNG (same allocation).
+    - VB-LoRA checks ``logits_A[0, 0].isinf().any()`` while training (resumed top-k checkpoints):
+      the same tensors are computed, the answer is "no infinity" (fresh logits are finite).
+    """
+    import random
+
+    rng = random.Random(seed)
+    original_rand = torch.rand
+
+    def rand(*size: Any, **kwargs: Any) -> torch.Tensor:
+        shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        if tuple(shape) == (1,) and not kwargs:
+            return torch.tensor([rng.random()])
+        return original_rand(*size, **kwargs)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(torch, "rand", rand))
+        try:
+            from peft.tuners.vblora.layer import Linear as VBLoRALayer
+        except ImportError:  # pragma: no cover - older peft
+            VBLoRALayer = None
+        if VBLoRALayer is not None:
+            original_get = VBLoRALayer._get_lora_matrices
+
+            def _get_lora_matrices(self: Any, adapter: str, cast_to_fp32: bool = False) -> Any:
+                if not self.training:
+                    return original_get(self, adapter, cast_to_fp32)
+                self.vblora_logits_A[adapter][0, 0].isinf().any()  # the check's tensors, value not read
+                self.training = False
+                try:
+                    return original_get(self, adapter, cast_to_fp32)
+                finally:
+                    self.training = True
+
+            stack.enter_context(_patched(VBLoRALayer, "_get_lora_matrices", _get_lora_matrices))
+        yield
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,8 +545,8 @@ def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[
 
 
 def _summarise(mode: Mode, details: list[PhasePeak], built: BuiltModel, wall_s: float, settings: dict[str, Any],
-               notes: list[str], **extra: Any) -> Measurement:
-    trainable, total = count(built)
+               notes: list[str], counts: tuple[int, int] | None = None, **extra: Any) -> Measurement:
+    trainable, total = counts if counts is not None else count(built)
     if details:
         best = max(details, key=lambda d: d.peak_bytes)
         phase_peaks = {p: max(d.peak_bytes for d in details if d.phase == p) for p in PHASES if any(
@@ -492,15 +634,19 @@ def _measure_cpu(config, build_kwargs, batch_size, seq_len, target_len, optimize
     gen = torch.Generator().manual_seed(seed)
     batch = make_batch(built, batch_size, seq_len, target_len, "cpu", gen)
     details: list[PhasePeak] = []
-    error = None
+    error = failed = None
+    phase_now: list[str] = []
     try:
         opt = make_optimizer(optimizer, built.trainable_parameters(),
                              foreach=True if emulation.foreach_optimizers else None)
         with _cuda_behaviour(emulation):
-            details = _run_steps(built, opt, batch, steps)
+            details = _run_steps(built, opt, batch, steps,
+                                 on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"))
     except Exception as exc:  # a failed step is a result
         error = f"{type(exc).__name__}: {exc}"
-    return _summarise("cpu", details, built, time.perf_counter() - t0, settings, notes, error=error)
+        failed = phase_now[-1] if phase_now else "setup"
+    return _summarise("cpu", details, built, time.perf_counter() - t0, settings, notes, error=error,
+                      failed_phase=failed)
 
 
 def _measure_fake(config, build_kwargs, batch_size, seq_len, target_len, optimizer, steps, seed, emulation,
@@ -509,29 +655,35 @@ def _measure_fake(config, build_kwargs, batch_size, seq_len, target_len, optimiz
 
     t0 = time.perf_counter()
     built = build_model(config, device="meta", **build_kwargs)
+    counts = count(built)  # before materialising: PEFT counts Params4bit by class (numel * 2)
     notes = _settings_notes(built, optimizer, emulation, "fake", build_kwargs["attn_implementation"])
-    if built.quantized:
-        return _summarise("fake", [], built, time.perf_counter() - t0, settings, notes,
-                          error="NotImplementedError: 4-bit quantized models are not measured in fake mode yet; "
-                                "use mode='cpu' on a small config")
     if optimizer in ("adamw_bnb_8bit", "paged_adamw_8bit"):
-        return _summarise("fake", [], built, time.perf_counter() - t0, settings, notes,
+        return _summarise("fake", [], built, time.perf_counter() - t0, settings, notes, counts,
                           error="NotImplementedError: bitsandbytes 8-bit optimizers read tensor values in step() "
                                 "(data-dependent under FakeTensorMode); use mode='cpu' on a small config")
     details: list[PhasePeak] = []
-    error = None
+    error = failed = None
+    phase_now: list[str] = []
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        if built.quantized:
+            _warm_bnb_code_tables(built.peft_model_or_model)
+        with FakeTensorMode(allow_non_fake_inputs=True), _fake_mode_patches(seed):
+            phase_now.append("materialise")
+            if built.quantized:
+                materialise_fake_4bit(built.peft_model_or_model, built.dtype)
             materialise_fake(built.peft_model_or_model)
             torch.manual_seed(seed)
             batch = make_batch(built, batch_size, seq_len, target_len, "cpu")
             opt = make_optimizer(optimizer, built.trainable_parameters(),
                                  foreach=True if emulation.foreach_optimizers else None)
             with _cuda_behaviour(emulation):
-                details = _run_steps(built, opt, batch, steps)
+                details = _run_steps(built, opt, batch, steps,
+                                     on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-    return _summarise("fake", details, built, time.perf_counter() - t0, settings, notes, error=error)
+        failed = phase_now[-1] if phase_now else "build"
+    return _summarise("fake", details, built, time.perf_counter() - t0, settings, notes, counts, error=error,
+                      failed_phase=failed)
 
 
 def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimizer, steps, seed,

@@ -9,6 +9,8 @@ Pure Python (pydantic, numpy): never imports torch, transformers or streamlit.
 """
 
 from planner.api import estimate
+from planner.gpus import GPU, custom_gpu, gpu, gpus
+from planner.solve import fits, solve_max, sweep
 from planner.catalog import model_ids
 from planner.errors import (
     ConfigError, MethodConfigError, PlannerError, TargetModulesError, UnknownModelError, UnsupportedModelError,
@@ -19,7 +21,7 @@ from planner.plan import Plan
 from planner.spec import ModelSpec
 
 __all__ = [
-    "estimate", "load_model", "model_ids", "methods", "method_names", "Plan", "ModelSpec", "PlannerError",
+    "estimate", "solve_max", "sweep", "fits", "gpu", "gpus", "custom_gpu", "GPU", "load_model", "model_ids", "methods", "method_names", "Plan", "ModelSpec", "PlannerError",
     "ConfigError", "MethodConfigError", "TargetModulesError", "UnknownModelError", "UnsupportedModelError",
 ]
 __version__ = "0.1.0"

@@ -12,9 +12,10 @@ from planner.methods.base import MethodPlan
 from planner.models import ModelLike, load_model
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.memory.settings import QLORA_DEFAULT_QUANTIZATION, SETTING_KEYS as _SETTING_KEYS, TrainingSettings
 
 #: Keyword options of ``estimate`` that are training settings, not method options.
-SETTING_KEYS = frozenset({"dtype", "adapter_dtype"})
+SETTING_KEYS = _SETTING_KEYS
 
 
 def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **options: Any) -> tuple[MethodPlan, str, list[str], str]:
@@ -41,13 +42,14 @@ def adapter_file_bytes(plan: MethodPlan, spec: ModelSpec, dtype: str, adapter_dt
     """Size of the file ``save_pretrained`` writes (full fine-tuning: the model's safetensors)."""
     if plan.category == "full":
         return safetensors_file_bytes(((n, p.shape, dtype) for n, p in spec.inventory.named_parameters()), metadata={"format": "pt"})
-    dtypes = {"adapter": adapter_dtype, "base": dtype, "float32": "float32", "int64": "int64"}
-    items = [(t.saved_name, t.saved_shape or t.shape, dtypes[t.dtype]) for t in plan.new_tensors if t.saved_name]
-    items += [(s.saved_name, s.shape, dtypes[s.dtype]) for s in plan.saved_base]
+    dtypes = {"adapter": adapter_dtype, "base": dtype}  # any other TensorDtype names itself (float32, int16, uint8...)
+    items = [(t.saved_name, t.saved_shape or t.shape, dtypes.get(t.dtype, t.dtype)) for t in plan.new_tensors if t.saved_name]
+    items += [(s.saved_name, s.shape, dtypes.get(s.dtype, s.dtype)) for s in plan.saved_base]
     for m in plan.copied_modules:
         for p in m.params:
             items.append((f"base_model.model.{m.path}.{p.name}", p.shape, dtype))
-    return safetensors_file_bytes(items)
+    # the saved state dict is a dict: a key two rules produce (e.g. a bias of a copied module) is written once
+    return safetensors_file_bytes({name: (name, shape, dt) for name, shape, dt in items}.values())
 
 
 def count(plan: MethodPlan, spec: ModelSpec) -> tuple[int, int, int]:
@@ -67,20 +69,38 @@ def estimate(model: ModelLike, method: str | Mapping[str, Any] = "lora", **optio
     ``method``: a method name (``"full"``, ``"lora"``, ``"qlora"``, ``"dora"``, ``"ia3"``,
     ``"prefix_tuning"``, ...) with PEFT's field names as keyword options, or a PEFT config mapping
     (an adapter_config.json's content; its ``peft_type`` selects the method).
-    Settings: ``dtype`` (model weights; default bfloat16), ``adapter_dtype`` (default float32:
-    PEFT's ``autocast_adapter_dtype=True`` keeps adapters in fp32 over a 16-bit base).
+    Training settings (:class:`planner.memory.settings.TrainingSettings`): ``batch_size``,
+    ``seq_len``, ``target_len``, ``dtype`` (default bfloat16), ``adapter_dtype`` (default float32:
+    PEFT's ``autocast_adapter_dtype=True``), ``mixed_precision``, ``gradient_checkpointing``,
+    ``attn_implementation``, ``optimizer``, ``quantization``, ``gradient_accumulation_steps``.
+    ``method="qlora"`` defaults ``quantization`` to NF4 with double quantization.
     """
     spec = load_model(model)
-    settings = {k: options.pop(k) for k in list(options) if k in SETTING_KEYS}
-    dtype = normalise_dtype(settings.get("dtype") or "bfloat16")
-    adapter_dtype = normalise_dtype(settings.get("adapter_dtype") or "float32", field="adapter_dtype")
+    raw = {k: options.pop(k) for k in list(options) if k in SETTING_KEYS}
     mplan, alias, ignored, family = plan_method(spec, method, **options)
+    if alias == "qlora" and raw.get("quantization") is None:
+        raw["quantization"] = dict(QLORA_DEFAULT_QUANTIZATION, bnb_4bit_compute_dtype=raw.get("dtype") or "bfloat16")
+    settings = TrainingSettings.from_options(raw)
+    if settings.quantization and mplan.category in ("full", "selective"):
+        raise MethodConfigError(f"{alias} trains base weights, which cannot be stored quantized: quantization needs an "
+                                "adapter method (e.g. qlora / lora)", field="quantization")
+    from planner.memory.programs import effective_settings
+
+    settings, attn_note = effective_settings(spec, settings)
+    dtype, adapter_dtype = settings.dtype, settings.adapter_dtype
     trainable, total, added = count(mplan, spec)
+    from planner.memory import estimate_memory
+    from planner.memory.programs import unsupported_reason
+
+    memory = estimate_memory(spec, mplan, settings)
+    memory_note = [] if memory is not None else [unsupported_reason(spec, mplan, settings) or "memory not modelled"]
     return Plan(
         model=spec.name, model_type=spec.model_type, method=alias, method_family=family,
         peft_type=mplan.peft_type, category=mplan.category, trainable_params=trainable, total_params=total,
         base_params=spec.total_params, added_params=added, trainable_percent=100.0 * trainable / total,
         adapted_modules=list(mplan.adapted_paths), num_adapted_modules=len(mplan.adapted),
         adapter_file_bytes=adapter_file_bytes(mplan, spec, dtype, adapter_dtype), dtype=dtype, adapter_dtype=adapter_dtype,
-        peft_config=mplan.peft_config, notes=list(mplan.notes), ignored_options=ignored,
+        peft_config=mplan.peft_config, notes=list(mplan.notes) + ([attn_note] if attn_note else [])
+        + list(memory.notes if memory else memory_note),
+        ignored_options=ignored, settings=settings, memory=memory,
     )

@@ -13,6 +13,7 @@ from planner import catalog
 from planner.api import estimate
 from planner.errors import PlannerError
 from planner.format import human_count
+from planner.locale import LANGUAGES, t
 from planner.methods import methods
 from planner.spec import read_config_file
 
@@ -42,11 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--target", "--target-modules", dest="target", help="comma-separated module names, a regex, or all-linear")
     e.add_argument("--num-virtual-tokens", type=int)
     e.add_argument("--dtype", default=None, help="model dtype: bfloat16 (default), float16, float32")
+    t = e.add_argument_group("training settings (memory)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seq-len", type=int)
+    t.add_argument("--target-len", type=int, help="encoder-decoder target length (default: --seq-len)")
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    t.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"))
+    t.add_argument("--optimizer", help="TrainingArguments.optim name, e.g. adamw_torch, adamw_bnb_8bit, sgd")
+    t.add_argument("--mixed-precision", choices=("bf16", "fp16"))
+    t.add_argument("--quantization", choices=("nf4", "fp4"), help="4-bit base weights (QLoRA)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other PEFT option, e.g. --option use_dora=true --option bias=all")
-    e.add_argument("--json", action="store_true", help="print the Plan as JSON")
-    sub.add_parser("models", help="list the bundled model catalog").add_argument("--json", action="store_true")
-    sub.add_parser("methods", help="list the methods").add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the Plan as JSON (language-neutral)")
+    e.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the readable output: en or ko")
+    for name, help_text in (("models", "list the bundled model catalog"), ("methods", "list the methods")):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--json", action="store_true")
+        sp.add_argument("--lang", choices=LANGUAGES, default="en")
     return p
 
 
@@ -64,6 +77,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         opts["target_modules"] = [x.strip() for x in t.split(",") if x.strip()] if is_list and t.lower() != "all-linear" else t
     if args.dtype:
         opts["dtype"] = args.dtype
+    for name in ("batch_size", "seq_len", "target_len", "gradient_checkpointing", "attn_implementation", "optimizer",
+                 "mixed_precision"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    if args.quantization:
+        opts["quantization"] = {"load_in_4bit": True, "bnb_4bit_quant_type": args.quantization,
+                                "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": args.dtype or "bfloat16"}
     for item in args.option:
         if "=" not in item:
             raise PlannerError(f"expected KEY=VALUE, got {item!r}", field="--option")
@@ -97,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for m in infos:
                     names = ", ".join((m.name, *m.aliases))
-                    print(f"{names:<36} {m.category:<19} {m.paper}")
+                    print(f"{names:<36} {t('cat.' + m.category, args.lang):<19} {m.paper}")
             return 0
         model: Any = read_config_file(args.config) if args.config else args.model
         method: Any = args.method
@@ -107,10 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(plan.model_dump_json(indent=1))
         else:
-            _print_table(plan.summary_rows())
+            _print_table(plan.summary_rows(args.lang))
             for note in plan.notes:
-                print(f"note: {note}")
+                print(f"{t('note', args.lang)}: {note}")
         return 0
     except PlannerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{t('error', getattr(args, 'lang', 'en'))}: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 #: Bytes per element of the dtypes the planner handles (IEEE / PyTorch definitions).
 DTYPE_BYTES: dict[str, int] = {
-    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1,
+    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1,
+    "bool": 1,
 }
 #: Aliases accepted for dtype names (PyTorch / transformers spellings).
 DTYPE_ALIASES: dict[str, str] = {
@@ -16,7 +17,7 @@ DTYPE_ALIASES: dict[str, str] = {
 #: ``serialize`` sorts tensors by dtype (descending enum order), then by name, which fixes the
 #: data offsets written in the header.
 SAFETENSORS_TAG: dict[str, str] = {
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "float16": "F16", "bfloat16": "BF16", "int32": "I32",
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "float16": "F16", "bfloat16": "BF16", "int32": "I32",
     "float32": "F32", "float64": "F64", "int64": "I64",
 }
 SAFETENSORS_DTYPE_ORDER: tuple[str, ...] = (
@@ -44,3 +45,18 @@ def normalise_dtype(name: str, field: str = "dtype") -> str:
         raise PlannerError(f"unsupported dtype {name!r}; use one of float32, bfloat16, float16 (or fp32, bf16, fp16)",
                            field=field)
     return key
+
+# --- memory model -----------------------------------------------------------------------------
+#: CUDA caching allocator block size: every allocation is rounded up to a multiple of 512 bytes
+#: (``kMinBlockSize`` in c10/cuda/CUDACachingAllocator.cpp).
+CUDA_ALLOCATION_ROUNDING_BYTES = 512
+#: Extra reserved memory over allocated, as a fraction of the transient (non-resident) bytes:
+#: the caching allocator keeps freed blocks of activations and gradients and cannot always reuse
+#: them for differently sized requests. PEFT's published memory benchmarks (L40S) show reserved
+#: 5-10% above allocated for LoRA runs (shared/notes/measuring-memory-on-cpu.md); 10% of the
+#: transient part reproduces the upper end. Uncertain until measured on a GPU (error band).
+RESERVED_FRAGMENTATION = 0.10
+#: Device memory the CUDA context and kernels take outside PyTorch's allocator, as nvidia-smi
+#: shows it: ~300-600 MiB with lazy module loading (CUDA >= 11.7, PyTorch 2.x; PyTorch docs
+#: "CUDA semantics: memory management"); 512 MiB assumed.
+CUDA_CONTEXT_BYTES = 512 * MIB

@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from planner.memory.budget import MemoryBudget
+from planner.memory.settings import TrainingSettings
+
 
 class Plan(BaseModel):
     """Everything planned for one (model, method, settings). Counts are exact, in parameters."""
@@ -31,17 +34,37 @@ class Plan(BaseModel):
     peft_config: dict[str, Any] | None
     notes: list[str] = []
     ignored_options: list[str] = []
-    memory: Any = None  # filled by the memory model
+    settings: TrainingSettings | None = None
+    memory: MemoryBudget | None = None  # None where the memory model does not cover the case (see notes)
 
-    def summary_rows(self) -> list[tuple[str, str]]:
+    def summary_rows(self, lang: str = "en") -> list[tuple[str, str]]:
         from planner.format import human_bytes
+        from planner.locale import t
 
         return [
-            ("model", self.model),
-            ("method", self.method + (f" (peft_type {self.peft_type})" if self.peft_type else "")),
-            ("trainable parameters", f"{self.trainable_params:,}"),
-            ("total parameters", f"{self.total_params:,}"),
-            ("trainable %", f"{self.trainable_percent:.4f}%"),
-            ("adapted modules", str(self.num_adapted_modules)),
-            ("adapter file", human_bytes(self.adapter_file_bytes)),
-        ]
+            (t("model", lang), self.model),
+            (t("method", lang), self.method + (f" (peft_type {self.peft_type})" if self.peft_type else "")),
+            (t("trainable", lang), f"{self.trainable_params:,}"),
+            (t("total", lang), f"{self.total_params:,}"),
+            (t("trainable_percent", lang), f"{self.trainable_percent:.4f}%"),
+            (t("adapted", lang), str(self.num_adapted_modules)),
+            (t("adapter_file", lang), human_bytes(self.adapter_file_bytes)),
+        ] + self.memory_rows(lang)
+
+    def memory_rows(self, lang: str = "en") -> list[tuple[str, str]]:
+        from planner.format import human_bytes
+        from planner.locale import t
+
+        m = self.memory
+        if m is None:
+            return [(t("memory", lang), t("memory_missing", lang))]
+        st = self.settings
+        rows = [(t("step", lang), t("step_desc", lang, batch=st.batch_size, seq=st.seq_len, dtype=st.dtype,
+                                      optimizer=st.optimizer, ckpt=t("ckpt", lang) if st.gradient_checkpointing else "",
+                                      attn=st.attn_implementation)),
+                (t("peak", lang), t("peak_desc", lang, value=human_bytes(m.peak_bytes), band=f"{m.error_band:.0%}",
+                                      phase=t(f"phase.{m.peak_phase}", lang))),
+                (t("reserved", lang), human_bytes(m.reserved_bytes)),
+                (t("device", lang), human_bytes(m.device_bytes))]
+        rows += [(f"  {t('part.' + k, lang)}", human_bytes(v)) for k, v in m.breakdown.items() if v]
+        return rows

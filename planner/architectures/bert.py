@@ -1,7 +1,7 @@
 """BERT / RoBERTa encoders with their masked-LM heads (``BertForMaskedLM``,
 ``RobertaForMaskedLM``; no pooler). Biased q/k/v, LayerNorms with bias, absolute position and
 token-type embeddings; the MLM decoder's weight is tied to the word embeddings and its bias to the
-head's own ``bias`` parameter."""
+head's own ``bias`` parameter (both only under ``tie_word_embeddings``, the default)."""
 
 from __future__ import annotations
 
@@ -49,12 +49,15 @@ def inventory(spec) -> list[ModuleEntry]:
     head = "cls.predictions" if mt == "bert" else "lm_head"
     dense = f"{head}.transform.dense" if mt == "bert" else f"{head}.dense"
     head_ln = f"{head}.transform.LayerNorm" if mt == "bert" else f"{head}.layer_norm"
+    # transformers 5 ties the decoder's weight to the word embeddings and its bias to the head's
+    # ``bias`` both under tie_word_embeddings; untied, the decoder owns both.
     tied_w = f"{base}.embeddings.word_embeddings.weight" if spec.tie_word_embeddings else None
+    tied_b = f"{head}.bias" if spec.tie_word_embeddings else None
     out += [
         ModuleEntry(head, ModuleKind.OTHER, (ParamEntry("bias", (v,)),), role="lm_head_bias"),
         linear(dense, h, h, True, role="head_dense"),
         norm(head_ln, h, bias=True, rms=False, role="head_norm"),
         ModuleEntry(f"{head}.decoder", ModuleKind.LINEAR,
-                    (ParamEntry("weight", (v, h), tied_w), ParamEntry("bias", (v,), f"{head}.bias")), h, v, role="lm_head"),
+                    (ParamEntry("weight", (v, h), tied_w), ParamEntry("bias", (v,), tied_b)), h, v, role="lm_head"),
     ]
     return out

@@ -13,12 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from planner.architectures._config import common, require
+from planner.errors import ConfigError
 from planner.architectures.base import ModuleEntry, ModuleKind, ParamEntry, embedding, lm_head, linear, norm
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral")
 
-# transformers' default for tie_word_embeddings per model type (config classes, transformers 5.24).
+# transformers' defaults per model type when the key is absent from config.json (config classes,
+# transformers 5.24 configuration_<type>.py). An absent key takes the class default; an explicit
+# null falls back to the derived value (num_attention_heads; hidden_size // num_attention_heads).
 _TIE_DEFAULT = {"gemma": True, "gemma2": True}
+_KV_HEADS_DEFAULT = {"mistral": 8, "mixtral": 8, "qwen2": 32, "qwen3": 32, "gemma": 16, "gemma2": 4}
+_HEAD_DIM_DEFAULT = {"qwen3": 128, "gemma": 256, "gemma2": 256}
+# Which types read ``attention_bias`` / ``mlp_bias`` (modeling_<type>.py, transformers 5.24): mistral and
+# mixtral hard-code bias=False, qwen2 hard-codes q/k/v biases and an unbiased o_proj, only llama reads mlp_bias.
+_ATTENTION_BIAS_TYPES = frozenset({"llama", "qwen3", "gemma", "gemma2"})
+_MLP_BIAS_TYPES = frozenset({"llama"})
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
          "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
          "mixtral": "MixtralForCausalLM"}
@@ -28,8 +37,14 @@ def parse(cfg: dict[str, Any]) -> dict[str, Any]:
     mt = cfg["model_type"]
     hidden = require(cfg, "hidden_size")
     heads = require(cfg, "num_attention_heads")
-    kv = require(cfg, "num_key_value_heads", default=heads)
-    head_dim = require(cfg, "head_dim", default=None) or hidden // heads
+    kv_default = _KV_HEADS_DEFAULT.get(mt, heads) if "num_key_value_heads" not in cfg else heads
+    kv = require(cfg, "num_key_value_heads", default=kv_default)
+    if "num_key_value_heads" not in cfg and heads % kv:
+        raise ConfigError(f"num_key_value_heads is missing, and transformers' {_ARCH[mt].removesuffix('ForCausalLM')}Config "
+                          f"default ({kv}) does not divide num_attention_heads={heads}; set num_key_value_heads",
+                          field="num_key_value_heads")
+    hd_default = _HEAD_DIM_DEFAULT.get(mt) if "head_dim" not in cfg else None
+    head_dim = require(cfg, "head_dim", default=None) or hd_default or hidden // heads
     extra = {}
     if mt == "mixtral":
         extra = dict(num_experts=require(cfg, "num_local_experts"), num_experts_per_tok=require(cfg, "num_experts_per_tok"))
@@ -47,9 +62,10 @@ def inventory(spec) -> list[ModuleEntry]:
     cfg, mt = spec.config, spec.model_type
     h, i, d = spec.hidden_size, spec.intermediate_size, spec.head_dim
     q_out, kv_out = spec.num_attention_heads * d, spec.num_key_value_heads * d
-    qkv_bias = mt == "qwen2" or bool(cfg.get("attention_bias", False))
-    o_bias = mt != "qwen2" and bool(cfg.get("attention_bias", False))
-    mlp_bias = bool(cfg.get("mlp_bias", False))
+    attn_bias = mt in _ATTENTION_BIAS_TYPES and bool(cfg.get("attention_bias", False))
+    qkv_bias = mt == "qwen2" or attn_bias
+    o_bias = attn_bias
+    mlp_bias = mt in _MLP_BIAS_TYPES and bool(cfg.get("mlp_bias", False))
     out: list[ModuleEntry] = [embedding("model.embed_tokens", spec.vocab_size, h)]
     for n in range(spec.num_layers):
         p = f"model.layers.{n}"

@@ -1,6 +1,7 @@
 """OPT (``model_type: opt``): learned positions with OPT's 2-row offset, optional
-``project_in``/``project_out`` when ``word_embed_proj_dim`` != hidden (opt-350m), biased q/k/v/out
-and fc1/fc2, LayerNorms (affine unless ``layer_norm_elementwise_affine`` is false)."""
+``project_in``/``project_out`` when ``word_embed_proj_dim`` != hidden (opt-350m), q/k/v/out and
+fc1/fc2 biased unless ``enable_bias`` is false, LayerNorms with weight and bias unless
+``layer_norm_elementwise_affine`` is false (``enable_bias`` does not reach them)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def inventory(spec) -> list[ModuleEntry]:
     affine = bool(cfg.get("layer_norm_elementwise_affine", True))
 
     def ln(path: str, **kw) -> list[ModuleEntry]:
-        return [norm(path, h, bias=bias, rms=False, **kw)] if affine else []
+        # nn.LayerNorm(h, elementwise_affine=...): weight and bias together, whatever enable_bias says
+        return [norm(path, h, bias=True, rms=False, **kw)] if affine else []
 
     out: list[ModuleEntry] = [
         embedding("model.decoder.embed_tokens", spec.vocab_size, proj),

@@ -16,7 +16,9 @@ def parse(cfg: dict[str, Any]) -> dict[str, Any]:
     heads = require(cfg, "num_attention_heads")
     return common(cfg, model_type="phi", architecture="PhiForCausalLM", task="causal_lm", hidden=hidden,
                   layers=require(cfg, "num_hidden_layers"), heads=heads,
-                  kv_heads=require(cfg, "num_key_value_heads", default=heads), head_dim=hidden // heads,
+                  kv_heads=require(cfg, "num_key_value_heads", default=heads),
+                  # PhiConfig has no head_dim field, but PhiAttention reads config.head_dim when a config.json sets it
+                  head_dim=require(cfg, "head_dim", default=None) or hidden // heads,
                   intermediate=require(cfg, "intermediate_size"), vocab=require(cfg, "vocab_size"),
                   tie=require(cfg, "tie_word_embeddings", bool, default=False),
                   max_pos=require(cfg, "max_position_embeddings", default=None), act=str(cfg.get("hidden_act", "gelu_new")))
@@ -36,8 +38,10 @@ def inventory(spec) -> list[ModuleEntry]:
             linear(f"{p}.self_attn.dense", q_out, h, True, role="o", **kw),
         ]
         if qk_ln:
-            out += [norm(f"{p}.self_attn.q_layernorm", d, bias=True, rms=False, **kw),
-                    norm(f"{p}.self_attn.k_layernorm", d, bias=True, rms=False, **kw)]
+            # sized hidden_size // num_attention_heads in PhiAttention, not head_dim
+            qk = h // spec.num_attention_heads
+            out += [norm(f"{p}.self_attn.q_layernorm", qk, bias=True, rms=False, **kw),
+                    norm(f"{p}.self_attn.k_layernorm", qk, bias=True, rms=False, **kw)]
         out += [
             linear(f"{p}.mlp.fc1", h, i, True, role="mlp_up", **kw),
             linear(f"{p}.mlp.fc2", i, h, True, role="mlp_down", **kw),

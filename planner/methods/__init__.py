@@ -77,3 +77,6 @@ def method_names() -> list[str]:
 
 # Import the method modules so they register themselves (order = display order).
 from planner.methods import full, lora, ia3, prompt_learning, selective  # noqa: E402,F401
+from planner.methods import oft, fourierft, vblora  # noqa: E402,F401
+from planner.methods import adalora, lycoris, vera  # noqa: E402,F401
+from planner.methods import ln_tuning, trainable_tokens, adaption_prompt, bottleneck  # noqa: E402,F401

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -21,17 +21,21 @@ from planner.architectures.base import Inventory, ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError, TargetModulesError
 
 Category = Literal["full", "additive", "reparameterization", "selective", "hybrid"]
-TensorDtype = Literal["adapter", "base", "float32", "int64"]
+#: "adapter" / "base": the adapter / model dtype of the plan; any other value is that dtype itself
+#: (integer ones for tensors PEFT saves as indices, e.g. VB-LoRA's top-k).
+TensorDtype = Literal["adapter", "base", "float32", "int64", "int32", "int16", "uint8"]
 
 #: The string PEFT expands to every Linear / Conv1D except the output layer
 #: (peft/utils/constants.py INCLUDE_LINEAR_LAYERS_SHORTHAND).
 ALL_LINEAR = "all-linear"
 #: Module names whose presence in ``target_modules`` makes ``save_pretrained`` also save the
-#: input and output embeddings (peft/utils/constants.py EMBEDDING_LAYER_NAMES,
-#: save_embedding_layers="auto" in peft/utils/save_and_load.py).
+#: input / output embedding layers that the tuner wrapped (peft/utils/constants.py
+#: EMBEDDING_LAYER_NAMES, save_embedding_layers="auto" in peft/utils/save_and_load.py).
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 #: Prefix of tuner-injected parameter names in ``PeftModel.named_parameters()``.
 PEFT_PREFIX = "base_model.model."
+#: The adapter name PEFT gives a single adapter; removed from saved keys (``_remove_adapter_name_from_state_dict_key``).
+ADAPTER_NAME = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +63,30 @@ class NewTensor:
 
 @dataclass(frozen=True, slots=True)
 class SavedBaseTensor:
-    """A base-model tensor that ``save_pretrained`` writes into the adapter file (in base dtype)."""
+    """A tensor ``save_pretrained`` writes into the adapter file that is no :class:`NewTensor`: a
+    base-model tensor (in base dtype: trained biases, wrapped embedding layers) or one PEFT derives
+    at save time (VeRA's projections, VB-LoRA's top-k indices and weights)."""
 
     saved_name: str
     shape: tuple[int, ...]
     dtype: TensorDtype = "base"
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedModule(ModuleEntry):
+    """A parameter-owning module inside the trainable copy of a ``ModulesToSaveWrapper``.
+
+    ``wrapper`` is the path PEFT wrapped (this module, or a container above it). Parameters tied to
+    a tensor outside the wrapped module are untied: ``copy.deepcopy`` gives them their own storage
+    (ties inside it survive); ``freezes`` lists those outside tensors' canonical names, which the
+    wrapper freezes with its ``original_module``. ``nested``: the extra copy PEFT makes when another
+    ``modules_to_save`` match sits directly inside an already wrapped module (see
+    :func:`modules_to_save_entries`); :class:`MethodPlan` counts it in the total, never as trainable.
+    """
+
+    wrapper: str = ""
+    nested: bool = False
+    freezes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,10 @@ class MethodPlan:
     @property
     def adapted_paths(self) -> tuple[str, ...]:
         return tuple(m.path for m in self.adapted)
+
+    def __post_init__(self) -> None:
+        if self.copied_modules:
+            _apply_modules_to_save_wrappers(self)
 
 
 class MethodConfig(BaseModel):
@@ -279,19 +306,153 @@ def select_modules(cfg: TargetingConfig, inventory: Inventory, targets: list[str
     return chosen
 
 
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(f"{root}.")
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _is_module_list(path: str, all_paths: frozenset[str] | set[str]) -> bool:
+    """A container whose children are numbered (``model.layers``, T5's ``block.0.layer``): in every
+    supported architecture that is an ``nn.ModuleList`` (no ``nn.Sequential`` owns parameters)."""
+    return f"{path}.0" in all_paths
+
+
 def modules_to_save_entries(cfg: TargetingConfig, inventory: Inventory, extra: Iterable[str] = ()) -> list[ModuleEntry]:
-    """Modules PEFT wraps in ``ModulesToSaveWrapper`` (suffix match, like ``_set_trainable``)."""
+    """The parameter-owning modules inside PEFT's ``ModulesToSaveWrapper`` copies
+    (peft/utils/other.py ``_set_trainable``), as :class:`CopiedModule` entries.
+
+    PEFT's rule, mirrored exactly: every module name ``key`` of ``named_modules()`` (in order,
+    containers included) with ``key.endswith(name)`` for some name (a plain suffix: ``"norm"`` also
+    matches ``input_layernorm``; ``"mlp"`` wraps the whole MLP container) is wrapped, and the names
+    are read before any wrapping, so a match inside an already wrapped module P still happens,
+    resolved through P's wrapper (which forwards attributes to its trainable copy):
+
+    - directly under P (``P.q``): a second wrapper is attached to P's wrapper around the copy's
+      ``q``; the copy's ``q`` freezes and a new trainable copy of ``q`` is made. Trainable count
+      unchanged, total + ``q``; saved keys unchanged (``nested`` entries).
+    - two levels under P (``P.a.q``): the grandparent is P's wrapper, so PEFT only re-activates it:
+      nothing changes.
+    - deeper: PEFT wraps inside P's copy, renaming saved keys; refused here (name one of the two).
+
+    ModuleList / ModuleDict containers are refused like PEFT refuses them (TypeError).
+    """
     names = list(dict.fromkeys([*(cfg.modules_to_save or []), *extra]))
     if not names:
         return []
-    out = [m for m in inventory if any(m.path == n or m.path.endswith(f".{n}") for n in names)]
-    found = {n for n in names if any(m.path == n or m.path.endswith(f".{n}") for m in out)}
-    missing = [n for n in names if n not in found]
+    all_paths = inventory.all_paths
+    path_set = frozenset(all_paths)
+    wrapped: dict[str, bool] = {}  # path -> nested
+    matched: set[str] = set()
+    for key in all_paths:
+        hits = [n for n in names if key.endswith(n)]
+        if not hits:
+            continue
+        matched.update(hits)
+        outer = next((w for w in wrapped if key.startswith(f"{w}.")), None)
+        if outer is not None:
+            if _parent(_parent(key)) in wrapped:
+                continue  # PEFT: the grandparent is a ModulesToSaveWrapper -> update() only
+            if _parent(key) not in wrapped:
+                raise MethodConfigError(
+                    f"{hits[0]!r} matches {key!r}, deep inside {outer!r}, which modules_to_save already wraps: "
+                    "PEFT would wrap it again inside the trainable copy (a second, partly frozen copy under "
+                    "other saved names); keep only one of the two names", field="modules_to_save")
+        if _is_module_list(key, path_set):
+            raise MethodConfigError(
+                f"{hits[0]!r} matches {key!r}, a ModuleList: PEFT cannot wrap it (TypeError); name its "
+                f"entries (e.g. {key.rsplit('.', 1)[-1]}.0) or the modules inside", field="modules_to_save")
+        wrapped[key] = outer is not None
+    missing = [n for n in names if n not in matched]
     if missing:
         raise TargetModulesError(
             f"{', '.join(missing)} matched no module with parameters; module names: {', '.join(inventory.leaf_names)}",
             field="modules_to_save")
+    out: list[ModuleEntry] = []
+    for root, nested in wrapped.items():
+        for m in inventory:
+            if not _under(m.path, root):
+                continue
+            outside = {p.name: p.tied_to for p in m.params
+                       if p.tied_to is not None and not _under(p.tied_to.rpartition(".")[0], root)}
+            params = tuple(replace(p, tied_to=None) if p.name in outside else p for p in m.params)
+            out.append(CopiedModule(m.path, m.kind, params, m.in_features, m.out_features, m.layer, m.stack, m.role,
+                                    wrapper=root, nested=nested, freezes=tuple(outside.values())))
     return out
+
+
+def remove_adapter_name(key: str, adapter: str = ADAPTER_NAME) -> str:
+    """PEFT's ``_remove_adapter_name_from_state_dict_key``: drop the adapter name where it is the
+    last or second-to-last component (``x.modules_to_save.default.bias`` -> ``x.modules_to_save.bias``;
+    ``x.modules_to_save.default.sub.bias`` keeps it)."""
+    if "." not in key:
+        return key
+    if key.endswith(f".{adapter}"):
+        return key.removesuffix(f".{adapter}")
+    head, _, suffix = key.rpartition(".")
+    return f"{re.sub(re.escape(f'.{adapter}') + '$', '', head)}.{suffix}"
+
+
+def _apply_modules_to_save_wrappers(plan: "MethodPlan") -> None:
+    """What ``ModulesToSaveWrapper`` does to the rest of a plan, for every method alike
+    (peft/utils/other.py ``ModulesToSaveWrapper.update``, tuners_utils ``inject_adapter``):
+
+    - a module the adapter wraps cannot also be copied: PEFT raises TypeError when the match is the
+      adapted module itself, and deep-copies the adapter layer (freezing the original adapter) when
+      it is a container above it; both refused.
+    - base parameters under a copy never train: ``bias`` marking runs first, then the wrapper
+      freezes ``original_module`` (the copy trains and is counted as copied) -- and with it any tensor
+      outside that an original parameter is tied to (BERT's ``cls.predictions.bias`` when
+      ``decoder`` is copied).
+    - a base tensor under a copy that the adapter file holds (``bias="all"`` picks every state-dict
+      key ending in ``.bias``) is saved as ``<wrapped>.original_module.<rel>`` and
+      ``<wrapped>.modules_to_save.<rel>`` (adapter name removed as PEFT removes it); the plain
+      ``<wrapped>.<rel>`` key comes from the copy itself.
+    - a ``nested`` copy counts in the total but never trains (see :func:`modules_to_save_entries`).
+    """
+    roots: dict[str, bool] = {}
+    for m in plan.copied_modules:
+        roots.setdefault(getattr(m, "wrapper", "") or m.path, getattr(m, "nested", False))
+    for a in plan.adapted:
+        root = next((r for r in roots if _under(a.path, r)), None)
+        if root is None:
+            continue
+        how = ("it is the adapted module itself (PEFT raises TypeError)" if a.path == root else
+               f"it contains the adapted module {a.path!r}: PEFT would deep-copy the adapter into the trained copy "
+               "and freeze the original adapter")
+        raise MethodConfigError(f"modules_to_save wraps {root!r}, but {how}; name modules the adapter does not target "
+                                "(modules_to_save matches any module name ending with the given text)",
+                                field="modules_to_save")
+    tops = [r for r, nested in roots.items() if not nested]
+    nested_roots = [r for r, nested in roots.items() if nested]
+    frozen = {n for m in plan.copied_modules if not getattr(m, "nested", False) for n in getattr(m, "freezes", ())}
+    trainable_base = tuple(n for n in plan.trainable_base
+                           if n not in frozen and not any(_under(n.rpartition(".")[0], r) for r in tops))
+    copied_paths = {m.path for m in plan.copied_modules}
+    saved: list[SavedBaseTensor] = []
+    for s in plan.saved_base:
+        name = s.saved_name.removeprefix(PEFT_PREFIX)
+        root = None
+        if s.saved_name.startswith(PEFT_PREFIX) and name.rpartition(".")[0] in copied_paths:  # a base tensor's own key
+            root = next((r for r in tops if name.startswith(f"{r}.")), None)
+        if root is None:
+            saved.append(s)
+            continue
+        for wrapper in (root, *(q for q in nested_roots if name.startswith(f"{q}.") and _under(q, root))):
+            rel = name.removeprefix(f"{wrapper}.")
+            for part in ("original_module", f"modules_to_save.{ADAPTER_NAME}"):
+                saved.append(replace(s, saved_name=remove_adapter_name(f"{PEFT_PREFIX}{wrapper}.{part}.{rel}")))
+    extra = tuple(NewTensor(m.path, f"modules_to_save.{ADAPTER_NAME}.{p.name}", p.shape, trainable=False, dtype="base")
+                  for m in plan.copied_modules if getattr(m, "nested", False) for p in m.params)
+    # MethodPlan is frozen: these run once, from its __post_init__
+    object.__setattr__(plan, "trainable_base", trainable_base)
+    object.__setattr__(plan, "saved_base", tuple(saved))
+    if extra:
+        kept = tuple(m for m in plan.copied_modules if not getattr(m, "nested", False))
+        object.__setattr__(plan, "copied_modules", kept)
+        object.__setattr__(plan, "new_tensors", plan.new_tensors + extra)
 
 
 def peft_name(module: str, suffix: str) -> str:
@@ -299,10 +460,18 @@ def peft_name(module: str, suffix: str) -> str:
 
 
 def saved_embedding_layers(targets: list[str] | str, cfg_targets: list[str] | str | None, inventory: Inventory,
-                           *, trainable_tokens: bool = False) -> tuple[SavedBaseTensor, ...]:
-    """PEFT's ``save_embedding_layers="auto"``: when ``embed_tokens`` or ``lm_head`` is named in
-    ``target_modules`` (a list) or matched by its regex, ``save_pretrained`` also writes the
-    input and output embedding weights of the base model."""
+                           *, adapted: Iterable[ModuleEntry] | None = None,
+                           trainable_tokens: bool = False) -> tuple[SavedBaseTensor, ...]:
+    """PEFT's ``save_embedding_layers="auto"`` (peft/utils/save_and_load.py ``get_peft_model_state_dict``).
+
+    When ``embed_tokens`` or ``lm_head`` is an entry of ``target_modules`` (a list; exact string,
+    so ``model.embed_tokens`` does not count) or its regex matches a module whose name ends with one
+    of them, ``save_pretrained`` writes the base weights of ``get_input_embeddings()`` and
+    ``get_output_embeddings()`` -- but only of those the tuner wrapped
+    (``has_valid_embedding_base_layer``), under ``<module>.base_layer.<param>`` (tied parameters
+    included: the state dict lists them under every name). ``adapted``: the modules the method
+    wraps; without it, the modules ``targets`` names are assumed wrapped.
+    """
     if trainable_tokens or cfg_targets is None:
         return ()
     if isinstance(cfg_targets, str):
@@ -315,10 +484,14 @@ def saved_embedding_layers(targets: list[str] | str, cfg_targets: list[str] | st
         targeted = any(k in cfg_targets for k in EMBEDDING_LAYER_NAMES)
     if not targeted:
         return ()
+    if adapted is None:
+        wrapped = {m.path for m in inventory if _matches(targets, m.path)}
+    else:
+        wrapped = {m.path for m in adapted}
     out: list[SavedBaseTensor] = []
-    for role in ("embed", "lm_head"):
+    for role in ("embed", "lm_head"):  # get_input_embeddings(), get_output_embeddings()
         entry = next((m for m in inventory if m.role == role), None)
-        if entry is None:
+        if entry is None or entry.path not in wrapped or entry.kind not in (ModuleKind.LINEAR, ModuleKind.EMBEDDING):
             continue
         for p in entry.params:
             out.append(SavedBaseTensor(f"{PEFT_PREFIX}{entry.path}.base_layer.{p.name}", p.shape))

@@ -8,7 +8,10 @@ subset of ``target_modules``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pydantic import model_validator
 
 from planner.architectures.base import ModuleKind
 from planner.methods import register
@@ -27,7 +30,15 @@ class IA3Config(TargetingConfig):
     peft_type = "IA3"
 
     feedforward_modules: list[str] | str | None = None
-    """Modules whose input (not output) is scaled; None uses PEFT's default for the model type."""
+    """Modules whose input (not output) is scaled (regex full match, or names matched as a plain
+    suffix of the module path, as PEFT does); None uses PEFT's default for the model type."""
+
+    @model_validator(mode="after")
+    def _no_layer_selection(self):
+        if self.layers_to_transform is not None or self.layers_pattern is not None:
+            raise ValueError("layers_to_transform is not an IA3 option: peft.IA3Config has no such field; select the "
+                             "layers with a regex target_modules instead")
+        return self
 
 
 @register("ia3", category="additive", config=IA3Config,
@@ -41,7 +52,11 @@ def build(cfg: IA3Config, spec, method: str) -> MethodPlan:
     adapted = select_modules(cfg, inv, targets, supported=IA3_SUPPORTED, method="ia3")
     tensors = []
     for m in adapted:
-        feedforward = is_target(cfg.model_copy(update={"layers_to_transform": None}), m.path, ff) if ff else False
+        # IA3Model._check_target_module_feedforward: regex fullmatch, or a plain key.endswith(name)
+        if isinstance(ff, str):
+            feedforward = re.fullmatch(ff, m.path) is not None
+        else:
+            feedforward = any(m.path.endswith(name) for name in (ff or []))
         shape = (1, m.in_features) if feedforward else (m.out_features, 1)
         tensors.append(NewTensor(m.path, "ia3_l.default", shape, saved_name=peft_name(m.path, "ia3_l")))
     if isinstance(targets, list) and isinstance(ff, list) and cfg.target_modules is not None \

@@ -9,8 +9,8 @@ Per adapted module (PEFT 0.21 ``lora/layer.py``):
 - rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732) only changes the scale alpha/sqrt(r): same counts
 - QLoRA (Dettmers et al., 2023, arXiv:2305.14314) is LoRA on a 4-bit base: same adapter counts
 
-``bias``: "all" makes every base parameter whose name contains "bias" trainable (PEFT's substring
-rule, so T5's ``relative_attention_bias`` too); "lora_only" the biases of adapted modules.
+``bias``: "all" makes every base parameter named ``bias`` (``n.endswith(".bias")``) trainable, so not
+T5's ``relative_attention_bias.weight``; "lora_only" the biases of adapted modules.
 """
 
 from __future__ import annotations
@@ -184,6 +184,9 @@ def plan_lora(cfg: LoraConfig, spec, *, method: str = "lora") -> MethodPlan:
     if use_dora and cfg.target_parameters:
         raise MethodConfigError("DoRA cannot adapt target_parameters (fused MoE expert tensors); PEFT's "
                                 "ParamWrapper refuses use_dora", field="use_dora")
+    if cfg.lora_bias and cfg.target_parameters:
+        raise MethodConfigError("lora_bias cannot be used on target_parameters (fused MoE expert tensors); PEFT's "
+                                "ParamWrapper refuses lora_bias=True", field="lora_bias")
     tensors: list[NewTensor] = []
     for entry in adapted:
         r = pattern_value(cfg.rank_pattern, entry.path, cfg.r)
@@ -203,7 +206,8 @@ def plan_lora(cfg: LoraConfig, spec, *, method: str = "lora") -> MethodPlan:
     return MethodPlan(
         method=method, peft_type="LORA", category="reparameterization", adapted=tuple(adapted),
         new_tensors=tuple(tensors), trainable_base=tuple(trainable_base), copied_modules=tuple(copies),
-        saved_base=saved_embedding_layers(targets, cfg.target_modules, inv) + bias_saved, peft_config=peft_cfg, notes=tuple(notes),
+        saved_base=saved_embedding_layers(targets, cfg.target_modules, inv, adapted=adapted) + bias_saved,
+        peft_config=peft_cfg, notes=tuple(notes),
         extra={"lora_dropout": cfg.lora_dropout, "bias": cfg.bias, "r": cfg.r, "lora_alpha": cfg.lora_alpha,
                "use_dora": use_dora},
     )
@@ -211,16 +215,24 @@ def plan_lora(cfg: LoraConfig, spec, *, method: str = "lora") -> MethodPlan:
 
 def trainable_biases(bias: str, inv, adapted: list[ModuleEntry]) -> tuple[list[str], tuple[SavedBaseTensor, ...]]:
     """PEFT's ``bias`` option (peft/tuners/tuners_utils.py ``_mark_only_adapters_as_trainable`` and
-    ``_get_learnable_bias_state_dict``): "all" trains every parameter named ``*.bias``; "<tuner>_only"
-    the biases of adapted modules. Saved under ``<module>.base_layer.bias`` for wrapped modules."""
+    ``_get_learnable_bias_state_dict``).
+
+    Trainable (``named_parameters()``, tied tensors once): "all" every parameter named ``*.bias``;
+    "<tuner>_only" the ``bias`` of each adapted module (a tied one trains under its canonical name).
+    Saved (``state_dict()``, which lists a tied tensor under every name, e.g. BERT's
+    ``cls.predictions.decoder.bias``): every such key, under ``<module>.base_layer.bias`` for
+    wrapped modules. Biases inside ``modules_to_save`` copies are handled by :class:`MethodPlan`
+    (they stay frozen in the original and are saved three times).
+    """
     wrapped = {m.path for m in adapted}
     if bias == "all":
-        chosen = [(m, p) for m in inv for p in m.params if p.name == "bias" and p.tied_to is None]
+        chosen = [(m, p) for m in inv for p in m.params if p.name == "bias"]
+        names = [f"{m.path}.{p.name}" for m, p in chosen if p.tied_to is None]
     elif bias.endswith("_only"):
-        chosen = [(m, m.param("bias")) for m in adapted if m.has_bias and m.param("bias").tied_to is None]
+        chosen = [(m, m.param("bias")) for m in adapted if m.has_bias]
+        names = list(dict.fromkeys(p.tied_to or f"{m.path}.{p.name}" for m, p in chosen))
     else:
         return [], ()
-    names = [f"{m.path}.{p.name}" for m, p in chosen]
     saved = tuple(SavedBaseTensor(f"{PEFT_PREFIX}{m.path}{'.base_layer' if m.path in wrapped else ''}.bias", p.shape)
                   for m, p in chosen)
     return names, saved

@@ -1,0 +1,145 @@
+"""Forward program of GPT-2, mirroring transformers 5.24 ``modeling_gpt2.py`` statement by statement.
+
+What differs from llama: ``Conv1D`` layers (``addmm`` with a transposed weight: the same saving rule
+as a linear), one fused ``c_attn`` whose output is split into q / k / v *views* (the attention
+saves the query view, which keeps the whole fused tensor alive), learned position embeddings
+(``wpe``, alive until ``GPT2Model.forward`` returns), LayerNorms, ``gelu_new`` (a Python
+expression, op by op), and three dropouts (embedding, residual, attention) that save a bool mask
+on CUDA; SDPA runs its dropout inside the fused kernel (footprint of p = 0), eager materialises it.
+"""
+
+from __future__ import annotations
+
+from planner.memory import ops
+from planner.memory.modules import Context
+from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output, require_attn,
+                                               run_layers)
+from planner.memory.programs._ops_extra import copy_passthrough, new_gelu, split
+from planner.memory.sim import Tensor
+
+MODEL_TYPES = ("gpt2",)
+
+
+def _p(ctx: Context, key: str, default: float) -> float:
+    v = ctx.spec.config.get(key, default)
+    return float(default if v is None else v)
+
+
+def buffer_bytes(ctx: Context) -> int:
+    """GPT-2 registers no buffers in transformers 5.24."""
+    return 0
+
+
+def activation(ctx: Context, x: Tensor) -> Tensor:
+    act = ctx.spec.config.get("activation_function", "gelu_new")
+    if act in ("gelu_new", "gelu_pytorch_tanh_python"):
+        return new_gelu(ctx.sim, x)
+    # gelu / gelu_pytorch_tanh / relu / silu ...: one kernel saving its input
+    return ops.unary(ctx.sim, x, saves="input")
+
+
+def attention(ctx: Context, x: Tensor, prefix: str, mask: Tensor | None, cache: KVCache, batch, seq):
+    """``GPT2Attention.forward``; returns ``(attn_output, attn_weights)`` as it does (eager returns
+    the dropped-out probabilities, which the block binds to ``_`` until it returns)."""
+    sim, spec = ctx.sim, ctx.spec
+    qkv = ctx.linear(x, f"{prefix}.c_attn")
+    q, k, v = split(sim, qkv, [qkv.numel // 3] * 3)
+    del qkv
+    k, v = cache.update(k, v)
+    if ctx.settings.attn_implementation == "eager":
+        out, weights = _eager(ctx, q, k, v, mask, batch, seq, kv_contiguous=cache.enabled)
+    else:  # sdpa (dropout inside the fused kernel on CUDA)
+        out = ops.sdpa(sim, q, k, v, batch=batch, heads=spec.num_attention_heads, q_len=seq, head_dim=spec.head_dim)
+        weights = None
+    o = ctx.linear(out, f"{prefix}.c_proj")
+    del out
+    o = ops.dropout(sim, o, _p(ctx, "resid_pdrop", 0.1))
+    return o, weights  # query / key / value states (views of ``qkv`` or cache copies) die here
+
+
+def _eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch, seq, *,
+           kv_contiguous: bool):
+    """``eager_attention_forward``: ``matmul(q, k^T)``, ``* scaling``, ``+ mask``, softmax in the
+    input dtype, dropout (bool mask), ``@ v``, transpose and a copying ``reshape``. ``matmul``
+    reshapes its operands to 3-D: a view of the fused ``c_attn`` output is copied (and the copy is
+    what the ``bmm`` saves); the KV cache's copies are contiguous and used as they are."""
+    sim, spec = ctx.sim, ctx.spec
+    qc = copy_passthrough(sim, q)
+    kc = k if kv_contiguous else copy_passthrough(sim, k)
+    n_scores = batch * spec.num_attention_heads * seq * seq
+    s = ops.matmul(sim, qc, kc, n_scores)
+    del qc, kc
+    s2 = ops.mul(sim, s, None)
+    del s
+    if mask is not None:
+        s3 = ops.add(sim, s2, mask)
+        del s2
+        s2 = s3
+        del s3
+    p = ops.softmax(sim, s2, s2.dtype)
+    del s2
+    p = ops.dropout(sim, p, _p(ctx, "attn_pdrop", 0.1))
+    vc = v if kv_contiguous else copy_passthrough(sim, v)
+    o = ops.matmul(sim, p, vc, q.numel)
+    del vc
+    return ops.copy(sim, o), p
+
+
+def mlp(ctx: Context, x: Tensor, prefix: str) -> Tensor:
+    sim = ctx.sim
+    h = ctx.linear(x, f"{prefix}.c_fc")
+    a = activation(ctx, h)
+    del h
+    o = ctx.linear(a, f"{prefix}.c_proj")
+    del a
+    return ops.dropout(sim, o, _p(ctx, "resid_pdrop", 0.1))
+
+
+def block(ctx: Context, h: Tensor, n: int, mask, cache: KVCache, batch, seq) -> Tensor:
+    """``GPT2Block.forward``: its locals (``attn_output``, ``_`` = eager's probabilities, the MLP
+    output) live until it returns."""
+    sim, spec = ctx.sim, ctx.spec
+    hidden = spec.hidden_size
+    p = f"transformer.h.{n}"
+    residual = h
+    hs = ops.layer_norm(sim, h, hidden, ctx.param(f"{p}.ln_1"), ctx.param(f"{p}.ln_1", "bias"))
+    del h
+    attn_output, _ = attention(ctx, hs, f"{p}.attn", mask, cache, batch, seq)
+    hs = ops.add(sim, attn_output, residual)
+    residual = hs
+    hs = ops.layer_norm(sim, hs, hidden, ctx.param(f"{p}.ln_2"), ctx.param(f"{p}.ln_2", "bias"))
+    feed_forward = mlp(ctx, hs, f"{p}.mlp")
+    hs = ops.add(sim, residual, feed_forward)
+    return hs
+
+
+def forward(ctx: Context, batch, seq):
+    require_attn(ctx, ("sdpa", "eager", "flash_attention_2"), "gpt2")
+    sim, spec = ctx.sim, ctx.spec
+    hidden = spec.hidden_size
+    ids = sim.tensor(batch * seq, "int64", category="inputs")
+    labels = sim.tensor(batch * seq, "int64", category="inputs")
+    cache = KVCache(ctx)
+    # GPT2Model.forward
+    wte = ctx.param("transformer.wte")
+    inputs_embeds = embeddings_output(ctx, ops.embedding(sim, ids, hidden, wte, wte.dtype))
+    arange = sim.tensor(seq, "int64", category="inputs")
+    position_ids = sim.tensor(seq, "int64", category="inputs")  # arange(L) + past_seen_tokens
+    del arange
+    wpe = ctx.param("transformer.wpe")
+    position_embeds = ops.embedding(sim, position_ids, hidden, wpe, wpe.dtype)
+    h = ops.add(sim, inputs_embeds, position_embeds)
+    mask = eager_causal_mask(ctx, batch, seq) if ctx.settings.attn_implementation == "eager" else None
+    h = ops.dropout(sim, h, _p(ctx, "embd_pdrop", 0.1))
+
+    def layer(x, n, mask=mask):
+        return block(ctx, x, n, mask, cache, batch, seq)
+
+    h = run_layers(ctx, h, layer)
+    del layer
+    h = ops.layer_norm(sim, h, hidden, ctx.param("transformer.ln_f"), ctx.param("transformer.ln_f", "bias"))
+    del mask  # checkpointed blocks keep it (through ``layer``) until their backward has run
+    del inputs_embeds, position_embeds, position_ids
+    # GPT2LMHeadModel.forward: the base output keeps ``h`` (last_hidden_state) until it returns
+    loss = causal_lm_loss(ctx, h, batch, seq)
+    return loss, {"batch": (ids, labels)}  # h and the KV cache die with the model output

@@ -1,0 +1,121 @@
+"""Inverse questions on the memory model: what fits a GPU, and the largest value that does.
+
+"Fits" means the step's reserved memory fits next to the CUDA context:
+``plan.memory.device_bytes <= gpu.usable_memory_bytes`` (reserved + paged optimizer state + context
+against what the driver reports as total; see planner/gpus.py for ``usable_memory_bytes``).
+Memory never decreases in batch size, sequence length or LoRA rank (property-tested), so the
+largest fitting value is found exactly by doubling then bisection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from planner.errors import PlannerError
+from planner.gpus import GPU, gpu as lookup_gpu
+from planner.plan import Plan
+
+SOLVABLE = ("batch_size", "seq_len", "r")
+#: Search ceilings (beyond any catalog GPU for the smallest catalog model).
+MAX_BATCH_SIZE = 1 << 16
+MAX_SEQ_LEN = 1 << 20
+
+
+def fits(plan: Plan, gpu: str | GPU) -> bool:
+    """Whether the plan's step fits one GPU (``device_bytes <= usable_memory_bytes``)."""
+    g = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
+    if plan.memory is None:
+        raise PlannerError(f"no memory budget for this plan ({'; '.join(plan.notes) or 'not modelled'})", field="method")
+    return plan.memory.device_bytes <= g.usable_memory_bytes
+
+
+def margin_bytes(plan: Plan, gpu: str | GPU) -> int:
+    g = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
+    return g.usable_memory_bytes - plan.memory.device_bytes
+
+
+def _largest(ok: Callable[[int], bool], lo: int, ceiling: int) -> int:
+    """Largest v in [lo, ceiling] with ok(v), given ok monotone (True then False); lo - 1 if none."""
+    if not ok(lo):
+        return lo - 1
+    hi = lo
+    while hi < ceiling and ok(min(hi * 2, ceiling)):
+        hi = min(hi * 2, ceiling)
+    if hi == ceiling:
+        return hi
+    bad = min(hi * 2, ceiling)
+    while bad - hi > 1:
+        mid = (hi + bad) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            bad = mid
+    return hi
+
+
+def solve_max(model: Any, method: str | Mapping[str, Any] = "lora", *, gpu: str | GPU, parameter: str = "batch_size",
+              **options: Any) -> int:
+    """The largest ``batch_size``, ``seq_len`` or LoRA ``r`` whose step fits ``gpu`` (0 when even
+    the smallest value does not fit). Other options and settings as for :func:`planner.estimate`."""
+    from planner.api import estimate
+
+    if parameter not in SOLVABLE:
+        raise PlannerError(f"cannot solve for {parameter!r}; solvable: {', '.join(SOLVABLE)}", field="parameter")
+    g = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
+    options = dict(options)
+    options.pop(parameter, None)
+    probe = estimate(model, method, **{parameter: 1}, **options)
+    if probe.memory is None:
+        raise PlannerError(f"no memory budget for this plan: {'; '.join(probe.notes)}", field="method")
+    if parameter == "r":
+        if probe.method_family != "lora" and probe.method_family != "adalora":
+            raise PlannerError("parameter='r' needs a LoRA-family method", field="parameter")
+        from planner.models import load_model
+
+        inv = load_model(model).inventory.by_path
+        limits = [min(inv[p].in_features or 1, inv[p].out_features or 1) for p in probe.adapted_modules if p in inv]
+        ceiling = min(limits) if limits else 1  # PEFT-planner refuses r > min(in, out) of any adapted module
+    else:
+        ceiling = MAX_BATCH_SIZE if parameter == "batch_size" else MAX_SEQ_LEN
+        max_pos = None
+        try:
+            from planner.models import load_model
+
+            max_pos = load_model(model).max_position_embeddings
+        except PlannerError:
+            max_pos = None
+        if parameter == "seq_len" and max_pos:
+            ceiling = min(ceiling, int(max_pos))
+
+    def ok(v: int) -> bool:
+        return fits(estimate(model, method, **{parameter: v}, **options), g)
+
+    return max(_largest(ok, 1, ceiling), 0)
+
+
+def sweep(model: Any, method: str | Mapping[str, Any] = "lora", *, batch_size: Any = 1, seq_len: Any = 512,
+          **options: Any) -> dict[str, np.ndarray]:
+    """Peak / reserved / device bytes over arrays of batch sizes and sequence lengths (broadcast
+    together), in one vectorised replay. Each element equals ``estimate(...)`` at that point."""
+    from planner.api import plan_method, SETTING_KEYS
+    from planner.memory.model import sweep_memory
+    from planner.memory.settings import QLORA_DEFAULT_QUANTIZATION, TrainingSettings
+    from planner.models import load_model
+
+    spec = load_model(model)
+    raw = {k: options.pop(k) for k in list(options) if k in SETTING_KEYS}
+    mplan, alias, _, _ = plan_method(spec, method, **options)
+    if alias == "qlora" and raw.get("quantization") is None:
+        raw["quantization"] = dict(QLORA_DEFAULT_QUANTIZATION, bnb_4bit_compute_dtype=raw.get("dtype") or "bfloat16")
+    settings = TrainingSettings.from_options(raw)
+    from planner.memory.programs import effective_settings
+
+    settings, _ = effective_settings(spec, settings)
+    out = sweep_memory(spec, mplan, settings, batch_size, seq_len)
+    if out is None:
+        from planner.memory.programs import unsupported_reason
+
+        raise PlannerError(unsupported_reason(spec, mplan, settings) or "memory not modelled", field="method")
+    return out

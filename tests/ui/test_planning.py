@@ -1,0 +1,258 @@
+"""The app's logic (ui/planning.py) gives exactly what planner.estimate gives for the same inputs."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+import planner
+from planner.gpus import gpu as catalog_gpu
+from ui import planning
+from ui.planning import catalog_ref, estimate_for, verdict
+from ui.state import DEFAULTS
+
+MODEL = "meta-llama/Llama-3.1-8B"
+SMALL = "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_default_inputs_are_the_bundled_example():
+    out = estimate_for(DEFAULTS, catalog_ref(MODEL))
+    assert out.ok
+    expected = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=512, gradient_checkpointing=True)
+    assert out.plan.trainable_params == expected.trainable_params == 6_815_744
+    assert out.plan.adapter_file_bytes == expected.adapter_file_bytes
+    assert out.plan.memory == expected.memory
+
+
+def test_settings_reach_the_planner():
+    inputs = DEFAULTS.with_(method="qlora", options={"r": 64}, targets="all-linear", batch_size=2, seq_len=1024,
+                            gradient_checkpointing=False, optimizer="paged_adamw_8bit", attn_implementation="eager",
+                            quantization="fp4", double_quant=False, gradient_accumulation_steps=4)
+    out = estimate_for(inputs, catalog_ref(MODEL))
+    assert out.ok, out.error
+    expected = planner.estimate(MODEL, "qlora", r=64, target_modules="all-linear", batch_size=2, seq_len=1024,
+                                gradient_checkpointing=False, optimizer="paged_adamw_8bit", attn_implementation="eager",
+                                gradient_accumulation_steps=4,
+                                quantization={"load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+                                              "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "bfloat16"})
+    assert out.plan.trainable_params == expected.trainable_params
+    assert out.plan.memory == expected.memory
+    assert out.plan.settings == expected.settings
+
+
+def test_options_equal_to_peft_defaults_are_not_sent():
+    method, options = planning.method_arg(DEFAULTS.with_(options={"r": 16, "lora_alpha": 8.0, "lora_dropout": 0.0}))
+    assert method == "lora" and options == {"r": 16}
+
+
+def test_quantization_only_for_adapter_methods():
+    assert planning.quantization_kwargs(DEFAULTS.with_(method="full", quantization="nf4"), "full") is None
+    assert planning.quantization_kwargs(DEFAULTS.with_(quantization="int8"), "reparameterization") == {"load_in_8bit": True}
+    q = planning.quantization_kwargs(DEFAULTS.with_(method="qlora", quantization="none"), "reparameterization")
+    assert q["load_in_4bit"] and q["bnb_4bit_quant_type"] == "nf4"
+    q = planning.quantization_kwargs(DEFAULTS.with_(dtype="float32", mixed_precision="fp16", quantization="nf4"),
+                                     "reparameterization")
+    assert q["bnb_4bit_compute_dtype"] == "float16"
+
+
+def test_errors_are_values_with_their_field():
+    out = estimate_for(DEFAULTS.with_(options={"r": 2048}), catalog_ref(MODEL))
+    assert not out.ok and out.error.field == "r" and out.error.kind == "MethodConfigError"
+    assert "1024" in out.error.message  # k_proj's output width limits the rank
+    out = estimate_for(DEFAULTS.with_(targets=["nope"]), catalog_ref(MODEL))
+    assert not out.ok and out.error.field == "target_modules" and "q_proj" in out.error.message
+    out = estimate_for(DEFAULTS.with_(method="full", options={}), catalog_ref(MODEL), dtype="float16", mixed_precision="bf16")
+    assert not out.ok and out.error.field in ("mixed_precision", "settings")  # both shown under Training
+
+
+def test_unexpected_exceptions_become_internal_errors(monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(planner, "estimate", boom)
+    out = planning.run_estimate(catalog_ref(MODEL), "lora", {}, {})
+    assert out.error.kind == "internal" and "kaput" in out.error.message
+
+
+def test_uploaded_config_is_data_only():
+    cfg = planner.load_model(SMALL).config
+    ref = planning.upload_ref(json.dumps(cfg))
+    assert ref.uploaded and ref.key.startswith("upload:")
+    out = estimate_for(DEFAULTS, ref)
+    expected = planner.estimate(dict(cfg), "lora", r=16, batch_size=1, seq_len=512, gradient_checkpointing=True)
+    assert out.ok and out.plan.trainable_params == expected.trainable_params
+    for bad in ("{", "[1, 2]", json.dumps({"model_type": "nonsense"}), "x" * (2 << 20)):
+        with pytest.raises(planner.PlannerError):
+            planning.upload_ref(bad)
+
+
+def test_verdict_compares_device_memory_with_usable_memory():
+    gpu = catalog_gpu("rtx-4090")
+    plan = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan
+    v = verdict(plan, gpu)
+    assert v.used_bytes == plan.memory.device_bytes and v.capacity_bytes == gpu.usable_memory_bytes
+    assert v.margin_bytes == gpu.usable_memory_bytes - plan.memory.device_bytes
+    assert v.status == "fits"
+    big = estimate_for(DEFAULTS.with_(method="full", options={}), catalog_ref(MODEL)).plan
+    assert verdict(big, gpu).status == "no_fit"
+    assert verdict(plan.model_copy(update={"memory": None}), gpu).status == "unknown"
+
+
+def test_tight_when_margin_within_error_band():
+    gpu = catalog_gpu("rtx-4090")
+    mem = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan.memory
+    plan = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan
+    squeezed = mem.model_copy(update={"device_bytes": gpu.usable_memory_bytes - 1, "error_band": 0.05})
+    assert verdict(plan.model_copy(update={"memory": squeezed}), gpu).status == "tight"
+
+
+def test_memory_segments_add_up_to_device_memory():
+    mem = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan.memory
+    segs = dict(planning.memory_segments(mem))
+    assert sum(segs.values()) == mem.device_bytes
+    assert sum(v for k, v in segs.items() if k not in ("reserve", "context")) == mem.peak_bytes
+
+
+def test_compare_rows_equal_estimate():
+    gpu = catalog_gpu("rtx-4090")
+    rows = planning.compare(DEFAULTS, catalog_ref(MODEL), gpu, choices=["lora", "qlora", "ia3", "full", "bitfit"])
+    by = {r.key: r for r in rows}
+    settings = dict(batch_size=1, seq_len=512, gradient_checkpointing=True)
+    assert by["lora"].outcome.plan == planner.estimate(MODEL, "lora", r=16, **settings)
+    assert by["qlora"].outcome.plan == planner.estimate(MODEL, "qlora", r=16, **settings)
+    assert by["ia3"].outcome.plan == planner.estimate(MODEL, "ia3", **settings)
+    assert by["full"].outcome.plan == planner.estimate(MODEL, "full", **settings)
+    assert not by["bitfit"].outcome.ok  # Llama has no biases: an error row, not an exception
+
+
+def test_seed_table_rows():
+    rows = planning.seed_table(DEFAULTS, catalog_ref("meta-llama/Llama-2-7b-hf"), catalog_gpu("a100-80gb"))
+    by = {r.key: r.outcome.plan for r in rows}
+    assert by["lora_r8"].trainable_params == 4_194_304  # the seed's exercise 1: q_proj + v_proj, r=8
+    assert by["lora_r64"].trainable_params == 33_554_432
+    assert by["qlora_r64"].trainable_params == 33_554_432
+    assert by["full"].trainable_params == by["full"].total_params
+    assert by["prompt"].trainable_params == 20 * 4096
+
+
+def test_sweep_marks_the_largest_value_that_fits():
+    gpu = catalog_gpu("rtx-4090")
+    model = catalog_ref(MODEL)
+    s = planning.sweep(DEFAULTS, model, gpu, "seq_len", values=[512, 1024, 2048, 4096, 8192])
+    assert [x for x, _ in s.points] == [512, 1024, 2048, 4096, 8192]
+    assert s.best is not None and 512 <= s.best < 8192
+    at_best = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=s.best, gradient_checkpointing=True)
+    above = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=s.best + 1, gradient_checkpointing=True)
+    assert at_best.memory.device_bytes <= gpu.usable_memory_bytes < above.memory.device_bytes
+    for x, o in s.points:
+        assert o.plan.memory == planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=x,
+                                                 gradient_checkpointing=True).memory
+
+
+def test_sweep_over_rank_and_when_nothing_fits():
+    gpu = planner.custom_gpu(memory_gib=4)
+    s = planning.sweep(DEFAULTS, catalog_ref(MODEL), gpu, "r", values=[1, 8, 64])
+    assert s.best is None
+    assert [o.plan.trainable_params for _, o in s.points] == [
+        planner.estimate(MODEL, "lora", r=r).trainable_params for r in (1, 8, 64)]
+
+
+@pytest.mark.parametrize("inputs", [
+    DEFAULTS,
+    DEFAULTS.with_(method="qlora", options={"r": 64, "lora_dropout": 0.05}, targets="all-linear"),
+    DEFAULTS.with_(method="dora", targets=["q_proj", "v_proj"], gradient_checkpointing=False),
+    DEFAULTS.with_(method="ia3", options={}),
+    DEFAULTS.with_(method="prefix_tuning", options={"num_virtual_tokens": 30}, gradient_checkpointing=False),
+    DEFAULTS.with_(method="full", options={}, dtype="float32", mixed_precision="bf16"),
+    DEFAULTS.with_(method="partial", options={"last_k_layers": 2}),
+    DEFAULTS.with_(adapter_config={"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"], "lora_alpha": 16}),
+])
+def test_python_snippet_is_valid_code_with_these_choices(inputs):
+    plan = estimate_for(inputs, catalog_ref(MODEL)).plan
+    code = planning.python_snippet(inputs, catalog_ref(MODEL), plan)
+    ast.parse(code)
+    assert f"model_id = {MODEL!r}" in code
+    assert f"per_device_train_batch_size={inputs.batch_size}" in code and f"optim={inputs.optimizer!r}" in code
+    if plan.peft_config:
+        assert "get_peft_model(model, peft_config)" in code
+        if plan.peft_type == "LORA":
+            assert "LoraConfig(" in code and f"r={plan.peft_config['r']}," in code
+    if inputs.method == "qlora":
+        assert "BitsAndBytesConfig(" in code and "bnb_4bit_quant_type='nf4'" in code
+        assert "prepare_model_for_kbit_training" in code
+    if inputs.gradient_checkpointing:
+        assert "gradient_checkpointing_enable" in code
+    if inputs.method == "partial":
+        assert "model.layers.30." in code and "model.layers.31." in code
+
+
+def test_validate_command():
+    cmd = planning.validate_command(DEFAULTS.with_(batch_size=2, seq_len=1024), catalog_ref(MODEL))
+    assert cmd == ("python -m executors.validate --model meta-llama/Llama-3.1-8B --method lora --r 16 --batch-size 2 "
+                   "--seq-len 1024 --gradient-checkpointing --device cuda --json report.json")
+    cmd = planning.validate_command(DEFAULTS.with_(method="qlora", options={"r": 64, "lora_alpha": 128.0, "use_rslora": True},
+                                                   targets="all-linear", gradient_checkpointing=False,
+                                                   optimizer="paged_adamw_8bit", quantization="fp4"), catalog_ref(MODEL))
+    assert cmd == ("python -m executors.validate --model meta-llama/Llama-3.1-8B --method qlora --r 64 --lora-alpha 128 "
+                   "--option use_rslora=true --target-modules all-linear --batch-size 1 --seq-len 512 "
+                   "--optimizer paged_adamw_8bit --quantization fp4 --device cuda --json report.json")
+    cmd = planning.validate_command(DEFAULTS.with_(method="ia3", options={}, targets="re:.*v_proj"), catalog_ref(MODEL))
+    assert "--r" not in cmd and """--option 'target_modules=".*v_proj"'""" in cmd
+    cmd = planning.validate_command(DEFAULTS.with_(adapter_config={"peft_type": "LORA"}), catalog_ref(MODEL))
+    assert "--peft-config adapter_config.json" in cmd and "--method" not in cmd
+
+
+def test_validate_command_parses_with_the_executors_cli():
+    """The command is one the executors' own argument parser accepts, with the same values."""
+    import shlex
+
+    validate = pytest.importorskip("executors.validate")
+    parser = getattr(validate, "build_parser", None) or getattr(validate, "_parser", None)
+    if parser is None:
+        pytest.skip("executors.validate exposes no argument parser")
+    inputs = DEFAULTS.with_(method="dora", options={"r": 8, "lora_dropout": 0.05}, targets=["q_proj", "o_proj"],
+                            batch_size=2, optimizer="sgd", attn_implementation="eager")
+    args = parser().parse_args(shlex.split(planning.validate_command(inputs, catalog_ref(MODEL)))[3:])
+    assert (args.model, args.method, args.r, args.batch_size, args.seq_len) == (MODEL, "dora", 8, 2, 512)
+    assert args.target_modules == "q_proj,o_proj" and args.option == ["lora_dropout=0.05"]
+    assert args.gradient_checkpointing and args.optimizer == "sgd" and args.attn_implementation == "eager"
+    assert args.device == "cuda" and args.json == "report.json"
+
+
+def test_plan_document_is_json():
+    inputs, model, gpu = DEFAULTS, catalog_ref(MODEL), catalog_gpu("rtx-4090")
+    plan = estimate_for(inputs, model).plan
+    doc = planning.plan_document(inputs, model, plan, gpu, verdict(plan, gpu))
+    back = json.loads(json.dumps(doc))
+    assert back["plan"]["trainable_params"] == plan.trainable_params
+    assert back["estimate_args"]["r"] == 16 and back["estimate_args"]["batch_size"] == 1
+    assert back["verdict"]["status"] == "fits" and back["gpu"]["id"] == "rtx-4090"
+
+
+REPORT = {"model": MODEL, "method": "lora",
+          "measured": {"peak_bytes": 17_000_000_000, "reserved_peak_bytes": 17_200_000_000,
+                       "breakdown": {"weights": 16_000_000_000, "activations": 1_000_000_000}},
+          "estimated": {"peak_bytes": 17_073_196_544, "reserved_bytes": 17_166_285_312,
+                        "breakdown": {"weights": 16_087_786_496, "activations": 142_878_720, "logits": 262_668_800}}}
+
+
+def test_parse_report_single_and_list():
+    rows = planning.parse_report(json.dumps(REPORT).encode())
+    assert len(rows) == 1 and rows[0].measured_peak == 17_000_000_000 and rows[0].estimated_peak == 17_073_196_544
+    assert rows[0].error == pytest.approx(73_196_544 / 17_000_000_000)
+    assert rows[0].label == f"{MODEL} · lora"
+    matrix = {"summary": {"cases": 2}, "cases": [dict(REPORT, id="a", inputs={"model": MODEL, "method": "lora"}),
+                                                  dict(REPORT, id="b", measured={"peak_bytes": None})]}
+    rows = planning.parse_report(json.dumps(matrix))
+    assert [r.label for r in rows] == [f"a: {MODEL} · lora"]  # a case without a measurement is left out
+    assert len(planning.parse_report(json.dumps({"results": [REPORT, REPORT]}))) == 2
+    assert len(planning.parse_report(json.dumps([REPORT, {"junk": 1}]))) == 1
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", json.dumps({"measured": {}, "estimated": {}}).encode(), b"x" * (9 << 20)])
+def test_parse_report_errors(raw):
+    with pytest.raises(planning.ReportError) as info:
+        planning.parse_report(raw)
+    assert info.value.field == "report" and info.value.key.startswith("error.")
