@@ -160,6 +160,28 @@ def _untie_t5_lm_head(model: nn.Module, config_dict: Mapping[str, Any]) -> bool:
     return True
 
 
+def _quantizable_linears(model: nn.Module, quantization: Mapping[str, Any]) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, name, module) of every plain ``nn.Linear`` to quantize, as transformers picks them:
+    all but the output embedding and those named in ``llm_int8_skip_modules`` (or under one)."""
+    skip = set(quantization.get("llm_int8_skip_modules") or [])
+    output_emb = model.get_output_embeddings()
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or child is output_emb:
+                continue
+            if child_name in skip or any(part in skip for part in parent_name.split(".")):
+                continue
+            yield parent, child_name, child
+
+
+def _swap_in(parent: nn.Module, child_name: str, child: nn.Linear, new: nn.Module) -> None:
+    """Put the quantized ``new`` in place of ``child``, keeping its bias and train / eval mode."""
+    if child.bias is not None:
+        new.bias = child.bias
+    new.train(child.training)
+    setattr(parent, child_name, new)
+
+
 def _quantize_linears_4bit(model: nn.Module, quantization: Mapping[str, Any], device: str) -> int:
     """Replace every ``nn.Linear`` but the output embedding by ``bnb.nn.Linear4bit``.
 
@@ -176,35 +198,25 @@ def _quantize_linears_4bit(model: nn.Module, quantization: Mapping[str, Any], de
     compute = resolve_dtype(quantization.get("bnb_4bit_compute_dtype", "float32"))
     storage = resolve_dtype(quantization.get("bnb_4bit_quant_storage", "uint8")) if quantization.get(
         "bnb_4bit_quant_storage") not in (None, "uint8") else torch.uint8
-    skip = set(quantization.get("llm_int8_skip_modules") or [])
-    output_emb = model.get_output_embeddings()
     replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or child is output_emb:
-                continue
-            if child_name in skip or any(part in skip for part in parent_name.split(".")):
-                continue
-            new = bnb.nn.Linear4bit(
-                child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=compute,
-                compress_statistics=double, quant_type=quant_type, quant_storage=storage, device="meta",
-            )
-            if device == "meta":
-                packed = torch.empty((child.weight.numel() * 4 + storage.itemsize * 8 - 1) // (storage.itemsize * 8), 1,
-                                     dtype=storage, device="meta")
-                new.weight = bnb.nn.Params4bit(packed, requires_grad=False, compress_statistics=double,
-                                               quant_type=quant_type, quant_storage=storage, module=new,
-                                               bnb_quantized=True)
-            else:
-                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=double,
-                                               quant_type=quant_type, quant_storage=storage, module=new)
-                new.weight = new.weight._quantize(device)  # type: ignore[attr-defined]
-                new.quant_state = new.weight.quant_state
-            if child.bias is not None:
-                new.bias = child.bias
-            new.train(child.training)
-            setattr(parent, child_name, new)
-            replaced += 1
+    for parent, child_name, child in _quantizable_linears(model, quantization):
+        new = bnb.nn.Linear4bit(
+            child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=compute,
+            compress_statistics=double, quant_type=quant_type, quant_storage=storage, device="meta",
+        )
+        if device == "meta":
+            packed = torch.empty((child.weight.numel() * 4 + storage.itemsize * 8 - 1) // (storage.itemsize * 8), 1,
+                                 dtype=storage, device="meta")
+            new.weight = bnb.nn.Params4bit(packed, requires_grad=False, compress_statistics=double,
+                                           quant_type=quant_type, quant_storage=storage, module=new,
+                                           bnb_quantized=True)
+        else:
+            new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=double,
+                                           quant_type=quant_type, quant_storage=storage, module=new)
+            new.weight = new.weight._quantize(device)  # type: ignore[attr-defined]
+            new.quant_state = new.weight.quant_state
+        _swap_in(parent, child_name, child, new)
+        replaced += 1
     model.is_loaded_in_4bit = True
     model.is_quantized = True
     return replaced
@@ -222,28 +234,18 @@ def _quantize_linears_8bit(model: nn.Module, quantization: Mapping[str, Any], de
 
     threshold = float(quantization.get("llm_int8_threshold", 6.0))
     has_fp16 = bool(quantization.get("llm_int8_has_fp16_weight", False))
-    skip = set(quantization.get("llm_int8_skip_modules") or [])
-    output_emb = model.get_output_embeddings()
     replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or child is output_emb:
-                continue
-            if child_name in skip or any(part in skip for part in parent_name.split(".")):
-                continue
-            new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                      has_fp16_weights=has_fp16, threshold=threshold, device="meta")
-            if device == "meta":
-                new.weight = bnb.nn.Int8Params(torch.empty(child.weight.shape, dtype=torch.int8, device="meta"),
-                                               requires_grad=False, has_fp16_weights=has_fp16)
-            else:
-                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=has_fp16, has_fp16_weights=has_fp16)
-                new.weight = new.weight._quantize(device)  # type: ignore[attr-defined]
-            if child.bias is not None:
-                new.bias = child.bias
-            new.train(child.training)
-            setattr(parent, child_name, new)
-            replaced += 1
+    for parent, child_name, child in _quantizable_linears(model, quantization):
+        new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                  has_fp16_weights=has_fp16, threshold=threshold, device="meta")
+        if device == "meta":
+            new.weight = bnb.nn.Int8Params(torch.empty(child.weight.shape, dtype=torch.int8, device="meta"),
+                                           requires_grad=False, has_fp16_weights=has_fp16)
+        else:
+            new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=has_fp16, has_fp16_weights=has_fp16)
+            new.weight = new.weight._quantize(device)  # type: ignore[attr-defined]
+        _swap_in(parent, child_name, child, new)
+        replaced += 1
     model.is_loaded_in_8bit = True
     model.is_quantized = True
     return replaced

@@ -39,8 +39,8 @@ from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError
 from planner.methods import register
 from planner.methods.base import (
-    MethodPlan, NewTensor, TargetingConfig, modules_to_save_entries, peft_name, resolve_targets, saved_embedding_layers,
-    select_modules,
+    MethodPlan, NewTensor, TargetingConfig, check_dropout, field_check, is_non_negative, is_positive, modules_to_save_entries,
+    peft_name, resolve_targets, saved_embedding_layers, select_modules,
 )
 from planner.methods.defaults import default_targets
 from planner.methods.lora import trainable_biases
@@ -97,47 +97,16 @@ class AdaLoraConfig(TargetingConfig):
     trainable_token_indices: list[int] | dict[str, Any] | None = None
     """Refused: trainable tokens are not modelled for AdaLoRA."""
 
-    @field_validator("init_r")
-    @classmethod
-    def _init_rank_positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("init_r must be a positive integer (a zero-rank AdaLoRA adapter trains nothing)")
-        return v
-
-    @field_validator("target_r", "tinit", "tfinal")
-    @classmethod
-    def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be a non-negative integer")
-        return v
-
-    @field_validator("deltaT")
-    @classmethod
-    def _interval_positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("deltaT must be a positive integer")
-        return v
-
-    @field_validator("beta1", "beta2")
-    @classmethod
-    def _ema_coefficient(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1) (PEFT's RankAllocator asserts it)")
-        return v
-
-    @field_validator("lora_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("lora_dropout must be in [0, 1)")
-        return v
-
-    @field_validator("orth_reg_weight")
-    @classmethod
-    def _orth_non_negative(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("orth_reg_weight must be >= 0 (PEFT refuses negative values)")
-        return v
+    _init_rank_positive = field_validator("init_r")(
+        field_check(is_positive, "init_r must be a positive integer (a zero-rank AdaLoRA adapter trains nothing)"))
+    _non_negative = field_validator("target_r", "tinit", "tfinal")(
+        field_check(is_non_negative, "must be a non-negative integer"))
+    _interval_positive = field_validator("deltaT")(field_check(is_positive, "deltaT must be a positive integer"))
+    _ema_coefficient = field_validator("beta1", "beta2")(
+        field_check(lambda v: 0.0 < v < 1.0, "must be in (0, 1) (PEFT's RankAllocator asserts it)"))
+    _dropout_range = field_validator("lora_dropout")(check_dropout)
+    _orth_non_negative = field_validator("orth_reg_weight")(
+        field_check(is_non_negative, "orth_reg_weight must be >= 0 (PEFT refuses negative values)"))
 
     @field_validator("use_dora")
     @classmethod

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from planner.architectures.base import Inventory, ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError, TargetModulesError
@@ -115,6 +115,45 @@ class MethodPlan:
     def __post_init__(self) -> None:
         if self.copied_modules:
             _apply_modules_to_save_wrappers(self)
+
+
+def field_check(ok: Callable[[Any], bool], message: str) -> Callable[[Any, ValidationInfo], Any]:
+    """A reusable field-validator body, used as ``_name = field_validator(*fields)(field_check(ok, message))``:
+    raises ``ValueError(message)`` unless ``ok(value)``; ``{field}`` in ``message`` becomes the field's name."""
+
+    def check(v: Any, info: ValidationInfo) -> Any:
+        if not ok(v):
+            raise ValueError(message.format(field=info.field_name))
+        return v
+
+    return check
+
+
+def is_positive(v: float) -> bool:
+    return v > 0
+
+
+def is_non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def is_dropout(v: float) -> bool:
+    """A dropout probability: in [0, 1)."""
+    return 0.0 <= v < 1.0
+
+
+#: ``r`` of the low-rank tuners (LoRA, VeRA, LoHa / LoKr).
+check_rank = field_check(is_positive, "rank r must be a positive integer")
+#: A ``<name>_dropout`` field: its message names the field.
+check_dropout = field_check(is_dropout, "{field} must be in [0, 1)")
+
+
+def check_rank_pattern(v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+    """Per-module rank overrides (``rank_pattern``): every rank positive."""
+    for key, rank in v.items():
+        if rank <= 0:
+            raise ValueError(f"{info.field_name}[{key!r}] must be a positive integer")
+    return v
 
 
 class MethodConfig(BaseModel):

@@ -20,7 +20,7 @@ from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError
 from planner.methods import register
 from planner.methods.base import (
-    MethodPlan, NewTensor, TargetingConfig, modules_to_save_entries, peft_name, resolve_targets,
+    MethodPlan, NewTensor, TargetingConfig, field_check, is_positive, modules_to_save_entries, peft_name, resolve_targets,
     select_modules,
 )
 from planner.methods.defaults import default_targets
@@ -50,12 +50,7 @@ class FourierFTConfig(TargetingConfig):
     fan_in_fan_out: bool = False
     """Informational: PEFT sets it for Conv1D (GPT-2) itself; it does not change counts."""
 
-    @field_validator("n_frequency")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("n_frequency must be a positive integer")
-        return v
+    _positive = field_validator("n_frequency")(field_check(is_positive, "n_frequency must be a positive integer"))
 
     @field_validator("n_frequency_pattern")
     @classmethod

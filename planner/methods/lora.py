@@ -23,8 +23,8 @@ from pydantic import field_validator, model_validator
 from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.methods import register
 from planner.methods.base import (
-    PEFT_PREFIX, MethodConfigError, MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, is_target, modules_to_save_entries, peft_name,
-    resolve_targets, saved_embedding_layers, select_modules,
+    PEFT_PREFIX, MethodConfigError, MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, check_dropout, check_rank,
+    check_rank_pattern, is_target, modules_to_save_entries, peft_name, resolve_targets, saved_embedding_layers, select_modules,
 )
 from planner.methods.defaults import default_targets
 
@@ -55,27 +55,9 @@ class LoraConfig(TargetingConfig):
     fan_in_fan_out: bool = False
     """Informational: PEFT sets it for Conv1D (GPT-2) automatically; it does not change counts."""
 
-    @field_validator("r")
-    @classmethod
-    def _rank_positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("rank r must be a positive integer")
-        return v
-
-    @field_validator("lora_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("lora_dropout must be in [0, 1)")
-        return v
-
-    @field_validator("rank_pattern")
-    @classmethod
-    def _ranks_positive(cls, v: dict[str, int]) -> dict[str, int]:
-        for key, rank in v.items():
-            if rank <= 0:
-                raise ValueError(f"rank_pattern[{key!r}] must be a positive integer")
-        return v
+    _rank_positive = field_validator("r")(check_rank)
+    _dropout_range = field_validator("lora_dropout")(check_dropout)
+    _ranks_positive = field_validator("rank_pattern")(check_rank_pattern)
 
     @model_validator(mode="after")
     def _conflicts(self):

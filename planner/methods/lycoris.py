@@ -30,7 +30,8 @@ from pydantic import field_validator
 from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.methods import register
 from planner.methods.base import (
-    MethodPlan, NewTensor, TargetingConfig, modules_to_save_entries, peft_name, resolve_targets, select_modules,
+    MethodPlan, NewTensor, TargetingConfig, check_rank, check_rank_pattern, field_check, is_dropout, modules_to_save_entries,
+    peft_name, resolve_targets, select_modules,
 )
 from planner.methods.defaults import default_targets
 from planner.methods.lora import pattern_value
@@ -57,27 +58,10 @@ class _LycorisConfig(TargetingConfig):
     alpha_pattern: dict[str, float] = {}
     """Per-module alpha overrides (same matching); does not change counts."""
 
-    @field_validator("r")
-    @classmethod
-    def _rank_positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("rank r must be a positive integer")
-        return v
-
-    @field_validator("rank_dropout", "module_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("dropout probabilities must be in [0, 1)")
-        return v
-
-    @field_validator("rank_pattern")
-    @classmethod
-    def _ranks_positive(cls, v: dict[str, int]) -> dict[str, int]:
-        for key, rank in v.items():
-            if rank <= 0:
-                raise ValueError(f"rank_pattern[{key!r}] must be a positive integer")
-        return v
+    _rank_positive = field_validator("r")(check_rank)
+    _dropout_range = field_validator("rank_dropout", "module_dropout")(
+        field_check(is_dropout, "dropout probabilities must be in [0, 1)"))
+    _ranks_positive = field_validator("rank_pattern")(check_rank_pattern)
 
 
 class LoHaConfig(_LycorisConfig):

@@ -28,8 +28,8 @@ from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError
 from planner.methods import register
 from planner.methods.base import (
-    PEFT_PREFIX, MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, modules_to_save_entries, peft_name,
-    resolve_targets, saved_embedding_layers, select_modules,
+    PEFT_PREFIX, MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, check_dropout, field_check, is_non_negative,
+    modules_to_save_entries, peft_name, resolve_targets, saved_embedding_layers, select_modules,
 )
 from planner.methods.defaults import default_targets
 from planner.methods.lora import trainable_biases
@@ -105,26 +105,12 @@ class OFTConfig(TargetingConfig):
             data = {**data, "oft_block_size": 0}
         return data
 
-    @field_validator("r", "oft_block_size")
-    @classmethod
-    def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
+    _non_negative = field_validator("r", "oft_block_size")(field_check(is_non_negative, "must be >= 0"))
 
-    @field_validator("module_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("module_dropout must be in [0, 1)")
-        return v
+    _dropout_range = field_validator("module_dropout")(check_dropout)
 
-    @field_validator("num_cayley_neumann_terms")
-    @classmethod
-    def _terms(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("num_cayley_neumann_terms must be >= 0")
-        return v
+    _terms = field_validator("num_cayley_neumann_terms")(
+        field_check(is_non_negative, "num_cayley_neumann_terms must be >= 0"))
 
     @model_validator(mode="after")
     def _one_of_r_and_block_size(self):
@@ -245,12 +231,7 @@ class BOFTConfig(TargetingConfig):
             data = {**data, "boft_block_size": 0}
         return data
 
-    @field_validator("boft_block_size", "boft_block_num")
-    @classmethod
-    def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
+    _non_negative = field_validator("boft_block_size", "boft_block_num")(field_check(is_non_negative, "must be >= 0"))
 
     @field_validator("boft_n_butterfly_factor")
     @classmethod
@@ -259,12 +240,7 @@ class BOFTConfig(TargetingConfig):
             raise ValueError("boft_n_butterfly_factor must be a positive integer (1 = no butterfly)")
         return v
 
-    @field_validator("boft_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("boft_dropout must be in [0, 1)")
-        return v
+    _dropout_range = field_validator("boft_dropout")(check_dropout)
 
     @model_validator(mode="after")
     def _one_of_size_and_num(self):

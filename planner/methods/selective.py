@@ -63,10 +63,10 @@ def build_partial(cfg: PartialConfig, spec, method: str) -> MethodPlan:
         in_block = m.layer is not None and m.layer >= first and m.stack == stack
         head = cfg.train_lm_head and m.role in ("lm_head", "final_norm") and (m.stack in ("", stack))
         if in_block or head:
-            names += [f"{m.path}.{p.name}" for p in m.params if p.tied_to is None]
+            # a tied parameter trains the tensor it is tied to (BERT's decoder weight and bias are the
+            # word embeddings and cls.predictions.bias)
+            names += [p.tied_to or f"{m.path}.{p.name}" for p in m.params]
     notes = ()
     if cfg.train_lm_head and spec.tie_word_embeddings:
         notes = ("The LM head is tied to the input embeddings, so training it trains the embeddings too.",)
-        emb = next(m for m in spec.inventory if m.role == "embed")
-        names.append(f"{emb.path}.weight")
     return _plan("partial", list(dict.fromkeys(names)), spec, notes)

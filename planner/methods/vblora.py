@@ -25,8 +25,8 @@ from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.errors import MethodConfigError
 from planner.methods import register
 from planner.methods.base import (
-    MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, modules_to_save_entries, peft_name, resolve_targets,
-    select_modules,
+    MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, check_dropout, field_check, is_positive, modules_to_save_entries,
+    peft_name, resolve_targets, select_modules,
 )
 from planner.methods.defaults import default_targets
 from planner.methods.lora import trainable_biases
@@ -61,19 +61,9 @@ class VBLoRAConfig(TargetingConfig):
     fan_in_fan_out: bool = False
     """Informational: PEFT sets it for Conv1D (GPT-2) itself; it does not change counts."""
 
-    @field_validator("r", "num_vectors", "vector_length", "topk")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("must be a positive integer")
-        return v
-
-    @field_validator("vblora_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("vblora_dropout must be in [0, 1)")
-        return v
+    _positive = field_validator("r", "num_vectors", "vector_length", "topk")(
+        field_check(is_positive, "must be a positive integer"))
+    _dropout_range = field_validator("vblora_dropout")(check_dropout)
 
     @model_validator(mode="after")
     def _topk_within_bank(self):

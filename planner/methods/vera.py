@@ -25,8 +25,8 @@ from pydantic import field_validator
 from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.methods import register
 from planner.methods.base import (
-    MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, modules_to_save_entries, peft_name,
-    resolve_targets, saved_embedding_layers, select_modules,
+    MethodPlan, NewTensor, SavedBaseTensor, TargetingConfig, check_dropout, check_rank, modules_to_save_entries,
+    peft_name, resolve_targets, saved_embedding_layers, select_modules,
 )
 from planner.methods.defaults import default_targets
 from planner.methods.lora import trainable_biases
@@ -61,19 +61,8 @@ class VeraConfig(TargetingConfig):
     init_weights: bool = True
     """PEFT's default init (lambda_b zero, lambda_d = d_initial); does not change counts."""
 
-    @field_validator("r")
-    @classmethod
-    def _rank_positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("rank r must be a positive integer")
-        return v
-
-    @field_validator("vera_dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("vera_dropout must be in [0, 1)")
-        return v
+    _rank_positive = field_validator("r")(check_rank)
+    _dropout_range = field_validator("vera_dropout")(check_dropout)
 
     @field_validator("exclude_modules")
     @classmethod

@@ -75,7 +75,7 @@ def test_fake_llama2_7b_lora_step() -> None:
     weights = 6_738_415_616 * 2 + 4_194_304 * 4  # bf16 base + fp32 adapters
     assert weights <= m.breakdown["weights"] < weights * 1.001
     assert 13.0 * 2**30 < m.peak_bytes < 20 * 2**30
-    assert m.wall_s < 60
+    # wall time is a benchmark (benchmarks/executors_fake_7b.py, docs/validation/README.md), not a test
 
 
 @pytest.mark.gpu

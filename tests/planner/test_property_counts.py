@@ -776,17 +776,6 @@ KNOWN_MISMATCHES: dict[str, tuple[str, Callable[[Model, Case], bool], dict[str, 
         Case("trainable_tokens", {"token_indices": [3], "target_modules": ["lm_head", "shared"]},
              {"peft_type": "TRAINABLE_TOKENS", "token_indices": [3], "target_modules": ["lm_head", "shared"]}),
     ),
-    "partial-mlm-head-bias": (
-        "partial fine-tuning with train_lm_head=True on BERT / RoBERTa (tied head, the default) trains the word "
-        "embeddings but not the MLM decoder's bias (cls.predictions.bias, shared with cls.predictions.decoder.bias): "
-        "selective.build_partial drops tied parameters of the lm_head module instead of training the tensor they are "
-        "tied to (the weight is rescued by a special case, the bias is not)",
-        lambda m, c: (c.method == "partial" and c.options["train_lm_head"] and m.model_type in ("bert", "roberta")
-                      and m.config.get("tie_word_embeddings", True)),
-        dict(model_type="bert", hidden_size=4, num_attention_heads=1, num_hidden_layers=1, intermediate_size=8,
-             vocab_size=16, max_position_embeddings=8, type_vocab_size=1, pad_token_id=0),
-        Case("partial", {"last_k_layers": 1, "train_lm_head": True}, None),
-    ),
 }
 
 

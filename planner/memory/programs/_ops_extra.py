@@ -238,3 +238,15 @@ def sdpa_math(sim: Sim, q: Tensor, k: Tensor, v: Tensor, *, batch, heads: int, k
     out = ops.cast(sim, o32, dtype)
     del o32, qs, v32, k32, q32, w16, bias
     return out
+
+
+def softmax_to(sim: Sim, x: Tensor, dtype: str) -> Tensor:
+    """``F.softmax(x, dim, dtype=dtype)``: ATen converts the input first (``x.to(dtype)``, a copy
+    freed after the kernel) except for CUDA's fused half -> float path; ``_softmax`` saves its
+    output."""
+    if x.dtype == dtype or (x.dtype == "float16" and dtype == "float32"):
+        return ops.softmax(sim, x, dtype)
+    c = ops.cast(sim, x, dtype)
+    out = ops.softmax(sim, c, dtype)
+    del c
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import sdpa_bias
-from planner.memory.programs._ops_extra import cat, copy_passthrough, neg, slices
+from planner.memory.programs._ops_extra import cat, copy_passthrough, neg, slices, softmax_to
 from planner.memory.programs._ops_extra import sdpa as sdpa_op
 from planner.memory.sim import Tensor
 
@@ -121,7 +121,7 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
         s2 = s3
         del s3
     if softmax_fp32:
-        p32 = ops.softmax(sim, s2, "float32")
+        p32 = softmax_to(sim, s2, "float32")
         del s2
         p = ops.cast(sim, p32, q.dtype)
         del p32

@@ -15,7 +15,7 @@ from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn)
-from planner.memory.programs._ops_extra import _grad, copy_passthrough, slices
+from planner.memory.programs._ops_extra import _grad, copy_passthrough, slices, softmax_to
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("bloom",)
@@ -70,11 +70,9 @@ def attention(ctx: Context, x: Tensor, residual: Tensor, prefix: str, alibi: Ten
     value_layer = v if cache.enabled else copy_passthrough(sim, v)
     del k, v
     n_scores = batch * spec.num_attention_heads * seq * seq
-    scores = ops.matmul(sim, query_layer, key_layer, n_scores)  # alibi.baddbmm(q, k^T)
-    w = ops.add(sim, scores, mask)
-    del scores
-    p32 = ops.softmax(sim, w, "float32")
-    del w
+    attention_scores = ops.matmul(sim, query_layer, key_layer, n_scores)  # alibi.baddbmm(q, k^T)
+    attn_weights = ops.add(sim, attention_scores, mask)  # both names stay bound until the attention returns
+    p32 = softmax_to(sim, attn_weights, "float32")
     probs = ops.cast(sim, p32, x.dtype)
     del p32
     probs = ops.dropout(sim, probs, _p(ctx, "attention_dropout"))
@@ -86,7 +84,7 @@ def attention(ctx: Context, x: Tensor, residual: Tensor, prefix: str, alibi: Ten
     d = ops.dropout(sim, o, _p(ctx, "hidden_dropout"))
     del o
     out = ops.add(sim, residual, d)
-    del d
+    del d, attention_scores, attn_weights
     return out, probs
 
 

@@ -99,9 +99,8 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
         scores = ops.matmul(sim, qb, kb, batch * nh * seq * seq)
         del qb, kb
         s2 = ops.add(sim, scores, mask)  # (scores /= sqrt(d) is in place) + mask
-        del scores
         attention_scores = ops.softmax(sim, s2, s2.dtype)
-        del s2
+        del s2, scores  # the name is rebound to the softmax output only once it exists
         vb = ops.expand_copy(sim, value_layer, factor) if factor > 1 else (
             value_layer if kv_contig else copy_passthrough(sim, value_layer))
         attn_output = ops.matmul(sim, attention_scores, vb, query_layer.numel)

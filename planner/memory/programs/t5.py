@@ -142,7 +142,7 @@ def _position_bias_mask(ctx: Context, bias: Tensor, causal: bool, permuted: bool
 
 def attention(ctx: Context, x: Tensor, prefix: str, kv_src: Tensor | None, position_bias, mask, cache: KVCache,
               *, has_rel: bool, decoder: bool, batch, q_len, kv_len):
-    """``T5Attention.forward``: returns (attn_output, position_bias)."""
+    """``T5Attention.forward``: returns (attn_output, position_bias, attn_weights)."""
     sim, spec = ctx.sim, ctx.spec
     nh = spec.num_attention_heads
     cross = kv_src is not None
@@ -175,10 +175,11 @@ def attention(ctx: Context, x: Tensor, prefix: str, kv_src: Tensor | None, posit
             del s4
         p = ops.softmax(sim, s3, s3.dtype)
         del s3
-        p = ops.dropout(sim, p, drop)
+        weights = ops.dropout(sim, p, drop)
+        del p
         vc = v if cache.enabled else copy_passthrough(sim, v)
-        o = ops.matmul(sim, p, vc, q.numel)
-        del p, vc
+        o = ops.matmul(sim, weights, vc, q.numel)
+        del vc
         out = ops.copy(sim, o)
         del o
     else:
@@ -190,10 +191,11 @@ def attention(ctx: Context, x: Tensor, prefix: str, kv_src: Tensor | None, posit
         else:
             out = _mem_efficient(sim, q, k, v, pbm, batch=batch, heads=nh, q_len=q_len, kv_len=kv_len)
         del pbm
+        weights = None
     del q, k, v
     o = ctx.linear(out, f"{prefix}.o")
     del out
-    return o, position_bias
+    return o, position_bias, weights
 
 
 def _mem_efficient(sim, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, *, batch, heads, q_len, kv_len) -> Tensor:
@@ -262,8 +264,10 @@ def block(ctx: Context, h: Tensor, stack: str, n: int, position_bias, mask, enc,
     p = f"{stack}.block.{n}.layer"
     drop = _p(ctx)
     normed = _norm(ctx, h, f"{p}.0.layer_norm")
-    a, self_bias = attention(ctx, normed, f"{p}.0.SelfAttention", None, position_bias, mask, cache,
-                             has_rel=(n == 0), decoder=decoder, batch=batch, q_len=q_len, kv_len=q_len)
+    # ``hidden_states, self_attn_position_bias, _ = self.layer[0](...)``: ``_`` (eager: the attention
+    # probabilities) stays bound in the block until the next sub-layer rebinds it
+    a, self_bias, _ = attention(ctx, normed, f"{p}.0.SelfAttention", None, position_bias, mask, cache,
+                                has_rel=(n == 0), decoder=decoder, batch=batch, q_len=q_len, kv_len=q_len)
     del normed
     d = ops.dropout(sim, a, drop)
     del a
@@ -272,8 +276,8 @@ def block(ctx: Context, h: Tensor, stack: str, n: int, position_bias, mask, enc,
     cross_bias = None
     if decoder:
         normed = _norm(ctx, h, f"{p}.1.layer_norm")
-        a, cross_bias = attention(ctx, normed, f"{p}.1.EncDecAttention", enc, enc_bias, None, cache.cross,
-                                  has_rel=False, decoder=True, batch=batch, q_len=q_len, kv_len=kv_len)
+        a, cross_bias, _ = attention(ctx, normed, f"{p}.1.EncDecAttention", enc, enc_bias, None, cache.cross,
+                                     has_rel=False, decoder=True, batch=batch, q_len=q_len, kv_len=kv_len)
         del normed
         d = ops.dropout(sim, a, drop)
         del a
