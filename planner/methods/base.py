@@ -281,9 +281,12 @@ def is_target(cfg: TargetingConfig, key: str, targets: list[str] | str) -> bool:
         return False
     if isinstance(targets, str):
         return re.fullmatch(targets, key) is not None
-    if key in targets:
+    names = targets if isinstance(targets, (set, frozenset)) else frozenset(targets)
+    if key in names:
         return True
-    found = any(key.endswith(f".{t}") for t in targets)
+    # any(key.endswith("." + t)): t is one of the key's dot-suffixes (a set lookup each, not a scan)
+    parts = key.split(".")
+    found = any(".".join(parts[i:]) in names for i in range(1, len(parts)))
     layers = cfg.layers_to_transform
     using_layers = layers is not None and (len(layers) != 0 if isinstance(layers, list) else True)
     if using_layers and found:
@@ -323,8 +326,9 @@ def select_modules(cfg: TargetingConfig, inventory: Inventory, targets: list[str
     """Every module PEFT would wrap, in ``named_modules()`` order; errors like PEFT's, but with
     the module names the model does have."""
     chosen: list[ModuleEntry] = []
+    lookup = targets if isinstance(targets, str) else frozenset(targets)
     for key in inventory.all_paths:
-        if not is_target(cfg, key, targets):
+        if not is_target(cfg, key, lookup):
             continue
         entry = inventory.by_path.get(key)
         if entry is None or entry.kind not in supported:

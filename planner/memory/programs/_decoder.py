@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from planner.errors import PlannerError
 from planner.memory import ops
 from planner.memory.modules import Context
@@ -116,14 +118,18 @@ def sliding_window_mask(ctx: Context, seq) -> Tensor | None:
     shorter than ``sliding_window``; else a (1, 1, L, L) bool mask (built in two ``bitwise_and``
     steps), alive until the base model returns."""
     w = ctx.spec.config.get("sliding_window")
-    if not w or seq < int(w):
+    if not w:
         return None
+    active = seq >= int(w)  # a bool, or a bool array when the replay sweeps sequence lengths
+    if not np.any(active):
+        return None
+    n = np.where(active, seq * seq, 0) if isinstance(active, np.ndarray) else seq * seq
     sim = ctx.sim
-    t1 = sim.tensor(seq * seq, "bool", category="inputs")
-    t2 = sim.tensor(seq * seq, "bool", category="inputs")
+    t1 = sim.tensor(n, "bool", category="inputs")
+    t2 = sim.tensor(n, "bool", category="inputs")
     del t1
-    t3 = sim.tensor(seq * seq, "bool", category="inputs")
-    mask = sim.tensor(seq * seq, "bool", category="inputs")
+    t3 = sim.tensor(n, "bool", category="inputs")
+    mask = sim.tensor(n, "bool", category="inputs")
     del t3, t2
     return mask
 
@@ -133,7 +139,7 @@ def sdpa_bias(ctx: Context, mask: Tensor | None, batch, seq, dtype: str) -> Tens
     the query dtype, per call; the kernel keeps it for backward."""
     if mask is None:
         return None
-    return ctx.sim.tensor(batch * seq * seq, dtype)
+    return ctx.sim.tensor(batch * mask.numel, dtype)  # (B, 1, L, L); 0 where a swept length needs no mask
 
 
 def checkpoint(sim, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

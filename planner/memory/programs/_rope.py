@@ -105,11 +105,10 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
     to 3-D; the copy is what the ``bmm`` saves. Returns ``(attn_output, attn_weights)``."""
     sim, spec = ctx.sim, ctx.spec
     groups = spec.num_attention_heads // spec.num_key_value_heads
-    kr = ops.expand_copy(sim, k, groups)
+    kr = ops.expand_copy(sim, k, groups)  # key_states / value_states = repeat_kv(...): bound until return
     vr = ops.expand_copy(sim, v, groups)
-    qc = copy_passthrough(sim, q) if q_view else q
+    qc = copy_passthrough(sim, q) if q_view else q  # matmul's reshape copies are temporaries
     kc = copy_passthrough(sim, kr) if (k_view and groups == 1) else kr
-    del kr
     n_scores = batch * spec.num_attention_heads * seq * seq
     s = ops.matmul(sim, qc, kc, n_scores)
     del qc, kc
@@ -130,9 +129,8 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
         del s2
     p = ops.dropout(sim, p, dropout)
     vc = copy_passthrough(sim, vr) if (v_view and groups == 1) else vr
-    del vr
     o = ops.matmul(sim, p, vc, q.numel)
     del vc
     out = ops.copy(sim, o)
-    del o
+    del o, kr, vr
     return out, p

@@ -211,9 +211,9 @@ def _mem_efficient(sim, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, *, batch,
 
         def bw(outs):
             res = {kk: _grad(sim, n, d) for kk, n, d in spec}
-            if b_rg:
+            if b_rg:  # the kernel's (B, H, L, S) bias gradient, summed back over the broadcast batch
                 full = _grad(sim, batch * heads * q_len * kv_len, bd)
-                res[bk] = _grad(sim, bn, bd) if bn != full.numel else full
+                res[bk] = _grad(sim, bn, bd)
                 del full
             return res
 
@@ -333,16 +333,22 @@ def stack_forward(ctx: Context, stack: str, ids: Tensor, layers, batch, q_len, k
     h = ops.dropout(sim, inputs_embeds, drop)
     holder: dict = {"pb": None, "eb": None}
 
-    def fn(x, n, pb, eb, mask=mask, enc=enc):
-        out, pb, eb = block(ctx, x, stack, n, pb, mask, enc, eb, cache, batch, q_len, kv_len)
+    def fn(x, n, pb, eb, keep, mask=mask, enc=enc):
+        out, pb2, eb2 = block(ctx, x, stack, n, pb, mask, enc, eb, cache, batch, q_len, kv_len)
         if not gc or sim.discard_saved:  # not a backward recomputation
-            holder["pb"], holder["eb"] = pb, eb
+            holder["pb"], holder["eb"] = pb2, eb2
+            if eb is None and eb2 is not None and eb2.rg:
+                # the cross-attention zero bias is a leaf that requires grad under checkpointing:
+                # autograd's AccumulateGrad in the block's graph holds it until that block's backward
+                keep["eb"] = eb2
         return out
 
     for n in layers:
         pb, eb = holder["pb"], holder["eb"]  # position biases returned by the previous block
-        h = checkpoint(sim, lambda x, n=n, pb=pb, eb=eb: fn(x, n, pb, eb), h) if gc else fn(h, n, pb, eb)
-        del pb, eb
+        keep: dict = {}
+        h = (checkpoint(sim, lambda x, n=n, pb=pb, eb=eb, keep=keep: fn(x, n, pb, eb, keep), h) if gc
+             else fn(h, n, pb, eb, keep))
+        del pb, eb, keep
     h = _norm(ctx, h, f"{stack}.final_layer_norm")
     h = ops.dropout(sim, h, drop)
     holder.clear()
