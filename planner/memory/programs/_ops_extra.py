@@ -9,6 +9,8 @@ bytes and holds its base, as a real view holds its storage.
 
 from __future__ import annotations
 
+import numpy as np
+
 from planner.memory import ops
 from planner.memory.ops import Param
 from planner.memory.sim import Sim, Tensor
@@ -220,8 +222,8 @@ def sdpa_math(sim: Sim, q: Tensor, k: Tensor, v: Tensor, *, batch, heads: int, k
     qs = ops.mul(sim, q32, None)
     kts = ops.mul(sim, k32, None)
     factor = heads // kv_heads
-    qb = copy_passthrough(sim, qs) if q_bmm_copy else qs
-    kb = ops.expand_copy(sim, kts, factor) if factor > 1 else (copy_passthrough(sim, kts) if k_bmm_copy else kts)
+    qb = bmm_operand(sim, qs, batch) if q_bmm_copy else qs
+    kb = broadcast_operand(sim, kts, factor, batch) if factor > 1 else (bmm_operand(sim, kts, batch) if k_bmm_copy else kts)
     attn = ops.matmul(sim, qb, kb, n_scores)
     del qb, kb, kts
     if bias is not None:
@@ -232,7 +234,7 @@ def sdpa_math(sim: Sim, q: Tensor, k: Tensor, v: Tensor, *, batch, heads: int, k
     sm = ops.softmax(sim, attn, "float32")
     del attn
     w16 = sim.tensor(n_scores, dtype) if dtype != "float32" else None
-    vb = ops.expand_copy(sim, v32, factor) if factor > 1 else (copy_passthrough(sim, v32) if v_bmm_copy else v32)
+    vb = broadcast_operand(sim, v32, factor, batch) if factor > 1 else (bmm_operand(sim, v32, batch) if v_bmm_copy else v32)
     o32 = ops.matmul(sim, sm, vb, q.numel)
     del vb, sm
     out = ops.cast(sim, o32, dtype)
@@ -250,3 +252,43 @@ def softmax_to(sim: Sim, x: Tensor, dtype: str) -> Tensor:
     out = ops.softmax(sim, c, dtype)
     del c
     return out
+
+
+def single_batch(batch) -> bool:
+    """True when every batch size of the replay is 1 (a vectorised replay sweeps arrays)."""
+    return bool(np.all(np.asarray(batch) == 1))
+
+
+def bmm_operand(sim: Sim, x: Tensor, batch) -> Tensor:
+    """How ``matmul`` feeds a 4-D (B, H, L, D) operand laid out (B, L, H, D) (a transposed view) to
+    ``bmm``: ``reshape(B * H, L, D)`` cannot merge B and H into one stride when B > 1, so it copies
+    (the copy is what ``bmm`` saves); with B == 1 it is a view and the view (hence the tensor it
+    views) is saved. A vectorised replay mixing B == 1 and B > 1 takes the copy."""
+    if single_batch(batch):
+        return x
+    return copy_passthrough(sim, x)
+
+
+def broadcast_operand(sim: Sim, x: Tensor, factor: int, batch) -> Tensor:
+    """A key / value with fewer heads broadcast against the query's heads inside ``matmul``:
+    ``expand(...).reshape(B * H, ...)`` copies when B > 1; with B == 1 the expanded view is used as
+    it is (stride 0). Backward: the full-size gradient, summed back to ``x``'s size."""
+    if factor == 1:
+        return bmm_operand(sim, x, batch)
+    if not single_batch(batch):
+        return ops.expand_copy(sim, x, factor)
+    out = View(sim, x, x.numel * factor)
+    if x.rg:
+        xk, xn, xd = x.key, x.numel, x.dtype
+        sim.node([], lambda outs: {xk: _grad(sim, xn, xd)}, [out], inputs=[x])
+    return out
+
+
+def activation(sim: Sim, x: Tensor, name: str) -> Tensor:
+    """``ACT2FN[name](x)``: ``gelu_new`` is a Python expression (:func:`new_gelu`); ReLU / tanh /
+    sigmoid save their output; SiLU, GELU (erf / tanh kernels) and the rest save their input."""
+    if name in ("gelu_new", "gelu_pytorch_tanh_python"):
+        return new_gelu(sim, x)
+    if name in ("relu", "tanh", "sigmoid"):
+        return ops.unary(sim, x, saves="output")
+    return ops.unary(sim, x, saves="input")

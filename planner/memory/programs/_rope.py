@@ -6,7 +6,7 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import sdpa_bias
-from planner.memory.programs._ops_extra import cat, copy_passthrough, neg, slices, softmax_to
+from planner.memory.programs._ops_extra import bmm_operand, cat, copy_passthrough, neg, slices, softmax_to
 from planner.memory.programs._ops_extra import sdpa as sdpa_op
 from planner.memory.sim import Tensor
 
@@ -102,13 +102,14 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
     """``eager_attention_forward`` (llama-style): ``matmul(q, k^T) * scaling`` (+ mask), softmax
     (fp32 then ``.to(q.dtype)`` when ``softmax_fp32``), dropout, ``@ v``, ``transpose(1, 2)
     .contiguous()``. ``matmul`` copies an operand that is a strided view (``*_view``) to reshape it
-    to 3-D; the copy is what the ``bmm`` saves. Returns ``(attn_output, attn_weights)``."""
+    to 3-D when B > 1 (:func:`bmm_operand`); the copy is what the ``bmm`` saves. Returns
+    ``(attn_output, attn_weights)``."""
     sim, spec = ctx.sim, ctx.spec
     groups = spec.num_attention_heads // spec.num_key_value_heads
     kr = ops.expand_copy(sim, k, groups)  # key_states / value_states = repeat_kv(...): bound until return
     vr = ops.expand_copy(sim, v, groups)
-    qc = copy_passthrough(sim, q) if q_view else q  # matmul's reshape copies are temporaries
-    kc = copy_passthrough(sim, kr) if (k_view and groups == 1) else kr
+    qc = bmm_operand(sim, q, batch) if q_view else q  # matmul's reshape copies are temporaries
+    kc = bmm_operand(sim, kr, batch) if (k_view and groups == 1) else kr
     n_scores = batch * spec.num_attention_heads * seq * seq
     s = ops.matmul(sim, qc, kc, n_scores)
     del qc, kc
@@ -128,7 +129,7 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
         p = ops.softmax(sim, s2, s2.dtype)
         del s2
     p = ops.dropout(sim, p, dropout)
-    vc = copy_passthrough(sim, vr) if (v_view and groups == 1) else vr
+    vc = bmm_operand(sim, vr, batch) if (v_view and groups == 1) else vr
     o = ops.matmul(sim, p, vc, q.numel)
     del vc
     out = ops.copy(sim, o)

@@ -16,7 +16,7 @@ from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import embeddings_output, require_attn, run_layers
-from planner.memory.programs._ops_extra import _grad, new_gelu
+from planner.memory.programs._ops_extra import _grad, activation as act_fn
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("bert", "roberta")
@@ -45,9 +45,7 @@ def _ln(ctx: Context, x: Tensor, module: str) -> Tensor:
 
 
 def _act(ctx: Context, x: Tensor) -> Tensor:
-    if ctx.spec.config.get("hidden_act", "gelu") in ("gelu_new", "gelu_pytorch_tanh_python"):
-        return new_gelu(ctx.sim, x)
-    return ops.unary(ctx.sim, x, saves="input")  # F.gelu / relu-like kernels
+    return act_fn(ctx.sim, x, str(ctx.spec.config.get("hidden_act") or "gelu"))
 
 
 def embeddings(ctx: Context, ids: Tensor, batch, seq) -> Tensor:

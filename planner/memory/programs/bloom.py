@@ -15,7 +15,7 @@ from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn)
-from planner.memory.programs._ops_extra import _grad, copy_passthrough, slices, softmax_to
+from planner.memory.programs._ops_extra import _grad, bmm_operand, slices, softmax_to
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("bloom",)
@@ -64,10 +64,10 @@ def attention(ctx: Context, x: Tensor, residual: Tensor, prefix: str, alibi: Ten
     # ``fused_qkv.view(B, L, H, 3, D)[..., i, :]``: selects (each backward a zero tensor of the fused size)
     q, k, v = slices(sim, fused_qkv, [fused_qkv.numel // 3] * 3)
     k, v = cache.update(k, v)
-    query_layer = copy_passthrough(sim, q)  # reshape(B * H, L, D) of a strided view: a copy
+    query_layer = bmm_operand(sim, q, batch)  # reshape(B * H, L, D) of a strided view: a copy if B > 1
     del q
-    key_layer = k if cache.enabled else copy_passthrough(sim, k)
-    value_layer = v if cache.enabled else copy_passthrough(sim, v)
+    key_layer = k if cache.enabled else bmm_operand(sim, k, batch)
+    value_layer = v if cache.enabled else bmm_operand(sim, v, batch)
     del k, v
     n_scores = batch * spec.num_attention_heads * seq * seq
     attention_scores = ops.matmul(sim, query_layer, key_layer, n_scores)  # alibi.baddbmm(q, k^T)

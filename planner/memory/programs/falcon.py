@@ -19,7 +19,9 @@ from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, sdpa_bias)
-from planner.memory.programs._ops_extra import (add_inplace, copy_passthrough, index_copy, sdpa_math, slices)
+from planner.memory.programs._ops_extra import activation as act_fn
+from planner.memory.programs._ops_extra import (add_inplace, bmm_operand, broadcast_operand, copy_passthrough, index_copy,
+                                                 sdpa_math, slices)
 from planner.memory.programs._ops_extra import sdpa as sdpa_op
 from planner.memory.sim import Tensor
 
@@ -93,16 +95,16 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
     kv_contig = cache.enabled or kv_copied
     if ctx.settings.attn_implementation == "eager":
         factor = nh // kv_heads
-        kb = ops.expand_copy(sim, key_layer, factor) if factor > 1 else (
-            key_layer if kv_contig else copy_passthrough(sim, key_layer))
-        qb = copy_passthrough(sim, query_layer)  # strided (B, L, H, D) layout -> 3-D bmm operand
+        kb = broadcast_operand(sim, key_layer, factor, batch) if factor > 1 else (
+            key_layer if kv_contig else bmm_operand(sim, key_layer, batch))
+        qb = bmm_operand(sim, query_layer, batch)  # strided (B, L, H, D) layout -> 3-D bmm operand
         scores = ops.matmul(sim, qb, kb, batch * nh * seq * seq)
         del qb, kb
         s2 = ops.add(sim, scores, mask)  # (scores /= sqrt(d) is in place) + mask
         attention_scores = ops.softmax(sim, s2, s2.dtype)
         del s2, scores  # the name is rebound to the softmax output only once it exists
-        vb = ops.expand_copy(sim, value_layer, factor) if factor > 1 else (
-            value_layer if kv_contig else copy_passthrough(sim, value_layer))
+        vb = broadcast_operand(sim, value_layer, factor, batch) if factor > 1 else (
+            value_layer if kv_contig else bmm_operand(sim, value_layer, batch))
         attn_output = ops.matmul(sim, attention_scores, vb, query_layer.numel)
         del vb
     elif kv_heads != nh:
@@ -116,7 +118,10 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
         attn_output = sdpa_op(sim, query_layer, key_layer, value_layer, batch=batch, heads=nh, q_len=seq,
                               head_dim=spec.head_dim, bias=bias)
         del bias
-    merged = ops.copy(sim, attn_output)  # view / permute / reshape: a copy
+    if attention_scores is None and kv_heads == nh:
+        merged = attn_output  # the fused kernel's output follows q's (B, L, H, D) layout: the reshape is a view
+    else:
+        merged = ops.copy(sim, attn_output)  # a head-major bmm output: view / permute / reshape copies
     del attn_output
     o = ctx.linear(merged, f"{prefix}.dense")
     del merged
@@ -149,7 +154,7 @@ def decoder_layer(ctx: Context, h: Tensor, n: int, cos, sin, mask, cache, batch,
     if new_arch and parallel and n_ln == 1:
         mlp_layernorm_out = attention_layernorm_out
     m = ctx.linear(mlp_layernorm_out, f"{p}.mlp.dense_h_to_4h")
-    a = ops.unary(sim, m, saves="input")  # gelu
+    a = act_fn(sim, m, str(_cfg(ctx, "activation", "gelu")))
     del m
     mlp_output = ctx.linear(a, f"{p}.mlp.dense_4h_to_h")
     del a

@@ -14,7 +14,7 @@ from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output, require_attn,
                                                run_layers)
-from planner.memory.programs._ops_extra import copy_passthrough, new_gelu, split
+from planner.memory.programs._ops_extra import activation as act_fn, bmm_operand, split
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("gpt2",)
@@ -31,11 +31,7 @@ def buffer_bytes(ctx: Context) -> int:
 
 
 def activation(ctx: Context, x: Tensor) -> Tensor:
-    act = ctx.spec.config.get("activation_function", "gelu_new")
-    if act in ("gelu_new", "gelu_pytorch_tanh_python"):
-        return new_gelu(ctx.sim, x)
-    # gelu / gelu_pytorch_tanh / relu / silu ...: one kernel saving its input
-    return ops.unary(ctx.sim, x, saves="input")
+    return act_fn(ctx.sim, x, str(ctx.spec.config.get("activation_function") or "gelu_new"))
 
 
 def attention(ctx: Context, x: Tensor, prefix: str, mask: Tensor | None, cache: KVCache, batch, seq):
@@ -61,11 +57,11 @@ def _eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, b
            kv_contiguous: bool):
     """``eager_attention_forward``: ``matmul(q, k^T)``, ``* scaling``, ``+ mask``, softmax in the
     input dtype, dropout (bool mask), ``@ v``, transpose and a copying ``reshape``. ``matmul``
-    reshapes its operands to 3-D: a view of the fused ``c_attn`` output is copied (and the copy is
+    reshapes its operands to 3-D: a view of the fused ``c_attn`` output is copied when B > 1 (the copy is
     what the ``bmm`` saves); the KV cache's copies are contiguous and used as they are."""
     sim, spec = ctx.sim, ctx.spec
-    qc = copy_passthrough(sim, q)
-    kc = k if kv_contiguous else copy_passthrough(sim, k)
+    qc = bmm_operand(sim, q, batch)
+    kc = k if kv_contiguous else bmm_operand(sim, k, batch)
     n_scores = batch * spec.num_attention_heads * seq * seq
     s = ops.matmul(sim, qc, kc, n_scores)
     del qc, kc
@@ -79,7 +75,7 @@ def _eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, b
     p = ops.softmax(sim, s2, s2.dtype)
     del s2
     p = ops.dropout(sim, p, _p(ctx, "attn_pdrop", 0.1))
-    vc = v if kv_contiguous else copy_passthrough(sim, v)
+    vc = v if kv_contiguous else bmm_operand(sim, v, batch)
     o = ops.matmul(sim, p, vc, q.numel)
     del vc
     return ops.copy(sim, o), p
@@ -116,6 +112,9 @@ def block(ctx: Context, h: Tensor, n: int, mask, cache: KVCache, batch, seq) -> 
 def forward(ctx: Context, batch, seq):
     require_attn(ctx, ("sdpa", "eager", "flash_attention_2"), "gpt2")
     sim, spec = ctx.sim, ctx.spec
+    if ctx.settings.attn_implementation == "eager" and spec.config.get("reorder_and_upcast_attn"):
+        ctx.unsupported.append("gpt2 reorder_and_upcast_attn: its fp32 baddbmm scores are replayed as the default "
+                               "eager path")
     hidden = spec.hidden_size
     ids = sim.tensor(batch * seq, "int64", category="inputs")
     labels = sim.tensor(batch * seq, "int64", category="inputs")

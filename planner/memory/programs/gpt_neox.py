@@ -13,7 +13,7 @@ from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, run_layers)
-from planner.memory.programs._ops_extra import _grad, new_gelu, split
+from planner.memory.programs._ops_extra import _grad, activation as act_fn, split
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("gpt_neox",)
@@ -65,10 +65,7 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
 
 def mlp(ctx: Context, x: Tensor, prefix: str) -> Tensor:
     h = ctx.linear(x, f"{prefix}.dense_h_to_4h")
-    if ctx.spec.config.get("hidden_act", "gelu") in ("gelu_new", "gelu_pytorch_tanh_python"):
-        a = new_gelu(ctx.sim, h)
-    else:
-        a = ops.unary(ctx.sim, h, saves="input")
+    a = act_fn(ctx.sim, h, str(ctx.spec.config.get("hidden_act") or "gelu"))
     del h
     return ctx.linear(a, f"{prefix}.dense_4h_to_h")
 

@@ -23,7 +23,6 @@ from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, run_layers, sliding_window_mask)
 from planner.memory.programs._ops_extra import View, _grad, split
-from planner.memory.ops import Param
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("mixtral",)

@@ -13,7 +13,7 @@ from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, run_layers)
-from planner.memory.programs._ops_extra import new_gelu
+from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("opt",)
@@ -32,12 +32,7 @@ def _ln(ctx: Context, x: Tensor, module: str) -> Tensor:
 
 
 def activation(ctx: Context, x: Tensor) -> Tensor:
-    act = ctx.spec.config.get("activation_function", "relu")
-    if act == "relu":
-        return ops.unary(ctx.sim, x, saves="output")  # threshold_backward(grad, result)
-    if act in ("gelu_new", "gelu_pytorch_tanh_python"):
-        return new_gelu(ctx.sim, x)
-    return ops.unary(ctx.sim, x, saves="input")
+    return act_fn(ctx.sim, x, str(ctx.spec.config.get("activation_function") or "relu"))
 
 
 def attention(ctx: Context, x: Tensor, prefix: str, mask, cache: KVCache, batch, seq):

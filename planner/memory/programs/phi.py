@@ -14,7 +14,7 @@ from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, run_layers)
-from planner.memory.programs._ops_extra import cat, new_gelu, slices
+from planner.memory.programs._ops_extra import activation as act_fn, cat, slices
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("phi",)
@@ -33,9 +33,7 @@ def _ln(ctx: Context, x: Tensor, module: str, dim: int) -> Tensor:
 
 
 def activation(ctx: Context, x: Tensor) -> Tensor:
-    if ctx.spec.config.get("hidden_act", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh_python"):
-        return new_gelu(ctx.sim, x)
-    return ops.unary(ctx.sim, x, saves="input")
+    return act_fn(ctx.sim, x, str(ctx.spec.config.get("hidden_act") or "gelu_new"))
 
 
 def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCache, batch, seq):

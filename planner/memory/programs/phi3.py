@@ -14,6 +14,7 @@ from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
                                                require_attn, run_layers, sliding_window_mask)
+from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.programs._ops_extra import slices, split
 from planner.memory.sim import Tensor
 
@@ -57,7 +58,7 @@ def mlp(ctx: Context, x: Tensor, prefix: str) -> Tensor:
     up_states = ctx.linear(x, f"{prefix}.gate_up_proj")
     gate, up = split(sim, up_states, [up_states.numel // 2] * 2)
     del up_states
-    a = ops.unary(sim, gate, saves="input")  # silu / gelu save their input (a view of the fused output)
+    a = act_fn(sim, gate, str(ctx.spec.config.get("hidden_act") or "silu"))  # saves its input: a view of the fused output
     del gate
     m = ops.mul(sim, up, a)
     del up, a

@@ -25,7 +25,8 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import KVCache, checkpoint, embeddings_output, require_attn
-from planner.memory.programs._ops_extra import View, _grad, copy_passthrough, new_gelu, sdpa_math
+from planner.memory.programs._ops_extra import _grad, bmm_operand, copy_passthrough, sdpa_math
+from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("t5", "mt5")
@@ -73,11 +74,7 @@ def _act(ctx: Context, x: Tensor) -> Tensor:
     cfg = ctx.spec.config
     ff = str(cfg.get("feed_forward_proj") or ("relu" if ctx.spec.model_type == "t5" else "gated-gelu"))
     act = cfg.get("dense_act_fn") or ("gelu_new" if ff == "gated-gelu" else ff.split("-")[-1])
-    if act == "relu":
-        return ops.unary(ctx.sim, x, saves="output")
-    if act in ("gelu_new", "gelu_pytorch_tanh_python"):
-        return new_gelu(ctx.sim, x)
-    return ops.unary(ctx.sim, x, saves="input")
+    return act_fn(ctx.sim, x, str(act))
 
 
 def _gated(ctx: Context) -> bool:
@@ -160,8 +157,8 @@ def attention(ctx: Context, x: Tensor, prefix: str, kv_src: Tensor | None, posit
             position_bias = sim.tensor(nh * q_len * kv_len, x.dtype, ctx.settings.gradient_checkpointing)
     drop = _p(ctx)
     if ctx.settings.attn_implementation == "eager":
-        qc = copy_passthrough(sim, q)
-        kc = k if cache.enabled else copy_passthrough(sim, k)
+        qc = bmm_operand(sim, q, batch)
+        kc = k if cache.enabled else bmm_operand(sim, k, batch)
         s = ops.matmul(sim, qc, kc, batch * nh * q_len * kv_len)
         del qc, kc
         s2 = ops.mul(sim, s, None)  # * scaling (1.0: still a new tensor)
@@ -177,7 +174,7 @@ def attention(ctx: Context, x: Tensor, prefix: str, kv_src: Tensor | None, posit
         del s3
         weights = ops.dropout(sim, p, drop)
         del p
-        vc = v if cache.enabled else copy_passthrough(sim, v)
+        vc = v if cache.enabled else bmm_operand(sim, v, batch)
         o = ops.matmul(sim, weights, vc, q.numel)
         del vc
         out = ops.copy(sim, o)
