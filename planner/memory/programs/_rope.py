@@ -135,3 +135,36 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
     out = ops.copy(sim, o)
     del o, kr, vr
     return out, p
+
+
+def decoder_forward(ctx: Context, decoder_layer, batch, seq):
+    """``XForCausalLM.forward`` of a rotary decoder with a KV cache and a (sliding-window) causal
+    mask (phi3, mixtral): embeddings, cos / sin, the blocks, the final RMSNorm, the loss.
+    ``decoder_layer(ctx, x, n, cos, sin, mask, cache, batch, seq)``."""
+    from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
+                                                  run_layers, sliding_window_mask)
+
+    sim, spec = ctx.sim, ctx.spec
+    ids = sim.tensor(batch * seq, "int64", category="inputs")
+    labels = sim.tensor(batch * seq, "int64", category="inputs")
+    cache = KVCache(ctx)
+    w = ctx.param("model.embed_tokens")
+    inputs_embeds = embeddings_output(ctx, ops.embedding(sim, ids, spec.hidden_size, w, w.dtype))
+    arange = sim.tensor(seq, "int64", category="inputs")
+    position_ids = sim.tensor(seq, "int64", category="inputs")
+    del arange
+    if ctx.settings.attn_implementation == "eager":
+        mask = eager_causal_mask(ctx, batch, seq)
+    else:
+        mask = sliding_window_mask(ctx, seq)
+    h = inputs_embeds
+    cos, sin = rotary_embeddings(ctx, seq, h.dtype)
+
+    def layer(x, n, cos=cos, sin=sin, mask=mask):
+        return decoder_layer(ctx, x, n, cos, sin, mask, cache, batch, seq)
+
+    h = run_layers(ctx, h, layer)
+    h = ops.rms_norm(sim, h, spec.hidden_size, ctx.param("model.norm"))
+    del layer, cos, sin, mask, inputs_embeds, position_ids  # the base model's forward returns
+    loss = causal_lm_loss(ctx, h, batch, seq)
+    return loss, {"batch": (ids, labels)}

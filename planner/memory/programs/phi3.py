@@ -12,8 +12,7 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs import _rope
-from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
-                                               require_attn, run_layers, sliding_window_mask)
+from planner.memory.programs._decoder import KVCache, require_attn
 from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.programs._ops_extra import slices, split
 from planner.memory.sim import Tensor
@@ -87,27 +86,4 @@ def decoder_layer(ctx: Context, h: Tensor, n: int, cos, sin, mask, cache, batch,
 
 def forward(ctx: Context, batch, seq):
     require_attn(ctx, ("sdpa", "eager", "flash_attention_2"), "phi3")
-    sim, spec = ctx.sim, ctx.spec
-    ids = sim.tensor(batch * seq, "int64", category="inputs")
-    labels = sim.tensor(batch * seq, "int64", category="inputs")
-    cache = KVCache(ctx)
-    w = ctx.param("model.embed_tokens")
-    inputs_embeds = embeddings_output(ctx, ops.embedding(sim, ids, spec.hidden_size, w, w.dtype))
-    arange = sim.tensor(seq, "int64", category="inputs")
-    position_ids = sim.tensor(seq, "int64", category="inputs")
-    del arange
-    if ctx.settings.attn_implementation == "eager":
-        mask = eager_causal_mask(ctx, batch, seq)
-    else:
-        mask = sliding_window_mask(ctx, seq)
-    h = inputs_embeds
-    cos, sin = _rope.rotary_embeddings(ctx, seq, inputs_embeds.dtype)
-
-    def layer(x, n, cos=cos, sin=sin, mask=mask):
-        return decoder_layer(ctx, x, n, cos, sin, mask, cache, batch, seq)
-
-    h = run_layers(ctx, h, layer)
-    h = ops.rms_norm(sim, h, spec.hidden_size, ctx.param("model.norm"))
-    del layer, cos, sin, mask, inputs_embeds, position_ids  # Phi3Model.forward returns
-    loss = causal_lm_loss(ctx, h, batch, seq)
-    return loss, {"batch": (ids, labels)}
+    return _rope.decoder_forward(ctx, decoder_layer, batch, seq)
