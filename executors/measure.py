@@ -522,9 +522,16 @@ def _fake_mode_patches(seed: int) -> Iterator[None]:
 # The step
 
 
+def schedule(accumulation: int = 1) -> list[str]:
+    """The phases of one optimizer step: ``accumulation`` micro-steps (forward + backward; ``.grad``
+    accumulates across them), then the optimizer step and ``zero_grad(set_to_none=True)``."""
+    return ["forward", "backward"] * accumulation + ["optimizer"]
+
+
 def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], steps: int,
-               on_phase: Callable[[int, Phase, Any], None] | None = None) -> list[PhasePeak]:
-    """Run ``steps`` training steps under a fresh PhaseMemTracker each; return per-phase peaks."""
+               on_phase: Callable[[int, Phase, Any], None] | None = None, accumulation: int = 1) -> list[PhasePeak]:
+    """Run ``steps`` training steps (each ``accumulation`` micro-steps) under a fresh PhaseMemTracker
+    each; return per-phase peaks."""
     tracker_cls = _make_tracker_class()
     model = built.peft_model_or_model
     results: list[PhasePeak] = []
@@ -534,7 +541,12 @@ def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[
         tracker.track_as_weights(_quant_state_tensors(model))
         with tracker:
             loss = None
-            for phase in PHASES:
+            forwards = 0
+            for phase in schedule(accumulation):
+                if phase == "forward":
+                    if forwards:  # MemTracker keeps per-module stats of one forward; clear them between micro-steps
+                        tracker.reset_mod_stats()
+                    forwards += 1
                 tracker.restart_peak()
                 if on_phase is not None:
                     on_phase(step, phase, None)
@@ -594,6 +606,7 @@ def measure_step(
     steps: int = 2,
     seed: int = 0,
     emulation: CudaEmulation = CudaEmulation(),
+    gradient_accumulation_steps: int = 1,
 ) -> Measurement:
     """Peak memory of ``steps`` training steps (forward+labels, backward, optimizer step, zero_grad).
 
@@ -608,6 +621,7 @@ def measure_step(
     settings = dict(batch_size=batch_size, seq_len=seq_len, target_len=target_len or seq_len, dtype=dtype,
                     gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
                     optimizer=optimizer, steps=steps, seed=seed, emulation=asdict(emulation),
+                    gradient_accumulation_steps=gradient_accumulation_steps,
                     peft_type=(dict(peft_config).get("peft_type") if peft_config else None),
                     quantization=dict(quantization) if quantization else None)
     settings["peft_type"] = str(getattr(settings["peft_type"], "value", settings["peft_type"])) if settings[
@@ -641,7 +655,8 @@ def _measure_cpu(config, build_kwargs, batch_size, seq_len, target_len, optimize
                              foreach=True if emulation.foreach_optimizers else None)
         with _cuda_behaviour(emulation):
             details = _run_steps(built, opt, batch, steps,
-                                 on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"))
+                                 on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"),
+                                 accumulation=settings["gradient_accumulation_steps"])
     except Exception as exc:  # a failed step is a result
         error = f"{type(exc).__name__}: {exc}"
         failed = phase_now[-1] if phase_now else "setup"
@@ -678,7 +693,8 @@ def _measure_fake(config, build_kwargs, batch_size, seq_len, target_len, optimiz
                                  foreach=True if emulation.foreach_optimizers else None)
             with _cuda_behaviour(emulation):
                 details = _run_steps(built, opt, batch, steps,
-                                     on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"))
+                                     on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"),
+                                     accumulation=settings["gradient_accumulation_steps"])
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         failed = phase_now[-1] if phase_now else "build"
@@ -710,7 +726,7 @@ def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimiz
     try:
         loss = None
         for step in range(1, steps + 1):
-            for phase in PHASES:
+            for phase in schedule(settings["gradient_accumulation_steps"]):
                 failed = f"step {step} {phase}"
                 torch.cuda.reset_peak_memory_stats(dev)
                 loss = run_phase(phase, model, batch, opt, loss)

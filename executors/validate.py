@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -684,7 +685,8 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "by_status": by_status,
         "estimate_available": sum(1 for r in results if (r.get("estimated") or {}).get("available")),
         "peak_rel_error": ({"mean_abs": sum(abs(x) for x in rels) / len(rels), "max_abs": max(abs(x) for x in rels),
-                            "median": sorted(rels)[len(rels) // 2], "n": len(rels)} if rels else None),
+                            "median": sorted(rels)[len(rels) // 2],
+                            "median_abs": statistics.median(abs(x) for x in rels), "n": len(rels)} if rels else None),
         "within_error_band": {"yes": sum(within), "no": len(within) - sum(within)} if within else None,
         "trainable_match": {"yes": sum(trainable), "no": len(trainable) - sum(trainable)},
         "merge_check": merges,
@@ -803,8 +805,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
     out.append(f"**{s['cases']} cases**: " + ", ".join(f"{v} {k}" for k, v in sorted(s["by_status"].items()))
                + f"; estimate available for {s['estimate_available']}; trainable counts match in "
                  f"{s['trainable_match']['yes']} of {s['trainable_match']['yes'] + s['trainable_match']['no']}"
-               + (f"; peak error mean |{pr['mean_abs'] * 100:.1f}%|, max |{pr['max_abs'] * 100:.1f}%| over {pr['n']}"
-                  if pr else "")
+               + (f"; peak error median |{pr['median_abs'] * 100:.4f}%|, mean |{pr['mean_abs'] * 100:.2f}%|, "
+                  f"max |{pr['max_abs'] * 100:.2f}%| over {pr['n']}" if pr else "")
                + (f"; within the planner's error band: {s['within_error_band']['yes']} of "
                   f"{s['within_error_band']['yes'] + s['within_error_band']['no']}" if s.get("within_error_band") else "")
                + f"; merge identity: " + ", ".join(f"{v} {k}" for k, v in sorted(s["merge_check"].items()))

@@ -10,7 +10,8 @@ Pure Python (pydantic, numpy): never imports torch, transformers or streamlit.
 
 from planner.api import estimate
 from planner.gpus import GPU, custom_gpu, gpu, gpus
-from planner.solve import fits, solve_max, sweep
+from planner.solve import fits, solve_gpus, solve_max, sweep
+from planner.recommend import recommend
 from planner.catalog import model_ids
 from planner.errors import (
     ConfigError, MethodConfigError, PlannerError, TargetModulesError, UnknownModelError, UnsupportedModelError,
@@ -19,9 +20,10 @@ from planner.methods import method_names, methods
 from planner.models import load_model
 from planner.plan import Plan
 from planner.spec import ModelSpec
+from planner.timing import TrainingTime, training_time
 
 __all__ = [
-    "estimate", "solve_max", "sweep", "fits", "gpu", "gpus", "custom_gpu", "GPU", "load_model", "model_ids", "methods", "method_names", "Plan", "ModelSpec", "PlannerError",
+    "estimate", "recommend", "training_time", "TrainingTime", "solve_max", "solve_gpus", "sweep", "fits", "gpu", "gpus", "custom_gpu", "GPU", "load_model", "model_ids", "methods", "method_names", "Plan", "ModelSpec", "PlannerError",
     "ConfigError", "MethodConfigError", "TargetModulesError", "UnknownModelError", "UnsupportedModelError",
 ]
 __version__ = "0.1.0"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from planner.adapter_file import safetensors_file_bytes
+from planner.compute import estimate_flops
 from planner.constants import normalise_dtype
 from planner.errors import MethodConfigError
+from planner.memo import memoised, options_key
 from planner.methods import get_method, method_for_peft_type
 from planner.methods.base import MethodPlan
 from planner.models import ModelLike, load_model
@@ -19,7 +21,19 @@ SETTING_KEYS = _SETTING_KEYS
 
 
 def plan_method(spec: ModelSpec, method: str | Mapping[str, Any] = "lora", **options: Any) -> tuple[MethodPlan, str, list[str], str]:
-    """Validate the method config and apply it: (method plan, name asked for, ignored keys, registered method)."""
+    """Validate the method config and apply it: (method plan, name asked for, ignored keys, registered method).
+    Memoised per spec (:mod:`planner.memo`): the same method and options give the same plan."""
+    key = method_key(method, options)
+    mplan, alias, ignored, family = memoised(spec, "method_plan", key, lambda: _plan_method(spec, method, **options))
+    return mplan, alias, list(ignored), family
+
+
+def method_key(method: Any, options: Mapping[str, Any]) -> str | None:
+    """The memo key of a (method, options) pair, or None where it cannot be keyed."""
+    return options_key(dict(method) if isinstance(method, Mapping) else method, dict(options))
+
+
+def _plan_method(spec: ModelSpec, method: str | Mapping[str, Any], **options: Any) -> tuple[MethodPlan, str, list[str], str]:
     if isinstance(method, Mapping):
         mapping = dict(method)
         if "peft_type" not in mapping:
@@ -73,6 +87,11 @@ def estimate(model: ModelLike, method: str | Mapping[str, Any] = "lora", **optio
     ``seq_len``, ``target_len``, ``dtype`` (default bfloat16), ``adapter_dtype`` (default float32:
     PEFT's ``autocast_adapter_dtype=True``), ``mixed_precision``, ``gradient_checkpointing``,
     ``attn_implementation``, ``optimizer``, ``quantization``, ``gradient_accumulation_steps``.
+    Multi-GPU: ``num_gpus`` (default 1), ``sharding`` (``"ddp"``, ``"zero1"``, ``"zero2"``, ``"zero3"``,
+    ``"fsdp_full_shard"``, ``"fsdp_shard_grad_op"``; None = one GPU, or DDP when ``num_gpus > 1``) and
+    ``offload`` (None, ``"optimizer"``, ``"optimizer+params"``): ``plan.memory`` is then one GPU's
+    (rank 0's) memory, ``plan.memory.host_bytes`` the offloaded host memory per GPU
+    (docs/memory-model.md, "Multi-GPU").
     ``method="qlora"`` defaults ``quantization`` to NF4 with double quantization.
     """
     spec = load_model(model)
@@ -88,19 +107,28 @@ def estimate(model: ModelLike, method: str | Mapping[str, Any] = "lora", **optio
 
     settings, attn_note = effective_settings(spec, settings)
     dtype, adapter_dtype = settings.dtype, settings.adapter_dtype
-    trainable, total, added = count(mplan, spec)
+    mkey = method_key(method, options)
+    trainable, total, added = memoised(spec, "counts", mkey, lambda: count(mplan, spec))
     from planner.memory import estimate_memory
     from planner.memory.programs import unsupported_reason
 
-    memory = estimate_memory(spec, mplan, settings)
-    memory_note = [] if memory is not None else [unsupported_reason(spec, mplan, settings) or "memory not modelled"]
+    memory = memoised(spec, "memory", None if mkey is None else (mkey, settings.model_dump_json()),
+                      lambda: estimate_memory(spec, mplan, settings))
+    memory_reason = None if memory is not None else (unsupported_reason(spec, mplan, settings) or "memory not modelled")
+    flops = memoised(spec, "flops", None if mkey is None else (mkey, settings.model_dump_json()),
+                     lambda: estimate_flops(spec, mplan, settings))
+    from planner.compute import unsupported_reason as flops_unsupported
+
+    flops_reason = None if flops is not None else (flops_unsupported(spec, mplan, settings) or "FLOPs not counted")
     return Plan(
         model=spec.name, model_type=spec.model_type, method=alias, method_family=family,
         peft_type=mplan.peft_type, category=mplan.category, trainable_params=trainable, total_params=total,
         base_params=spec.total_params, added_params=added, trainable_percent=100.0 * trainable / total,
         adapted_modules=list(mplan.adapted_paths), num_adapted_modules=len(mplan.adapted),
-        adapter_file_bytes=adapter_file_bytes(mplan, spec, dtype, adapter_dtype), dtype=dtype, adapter_dtype=adapter_dtype,
+        adapter_file_bytes=memoised(spec, "file", None if mkey is None else (mkey, dtype, adapter_dtype),
+                                    lambda: adapter_file_bytes(mplan, spec, dtype, adapter_dtype)), dtype=dtype, adapter_dtype=adapter_dtype,
         peft_config=mplan.peft_config, notes=list(mplan.notes) + ([attn_note] if attn_note else [])
-        + list(memory.notes if memory else memory_note),
-        ignored_options=ignored, settings=settings, memory=memory,
+        + list(memory.notes if memory else [memory_reason]) + ([flops_reason] if flops_reason else []),
+        ignored_options=ignored, settings=settings, memory=memory, memory_unavailable_reason=memory_reason,
+        flops=flops, flops_unavailable_reason=flops_reason,
     )

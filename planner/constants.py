@@ -60,3 +60,58 @@ RESERVED_FRAGMENTATION = 0.10
 #: shows it: ~300-600 MiB with lazy module loading (CUDA >= 11.7, PyTorch 2.x; PyTorch docs
 #: "CUDA semantics: memory management"); 512 MiB assumed.
 CUDA_CONTEXT_BYTES = 512 * MIB
+#: Relative error band claimed for ``attn_implementation="flash_attention_2"``, which is modelled
+#: (transformers 5.24 ``integrations/flash_attention.py``: no mask, keys / values at their KV-head
+#: count, flash-attn 2's ``FlashAttnFunc`` saving q, k, v, out, an fp32 log-sum-exp and its RNG
+#: state) but measured nowhere: fake / CPU mode has no flash-attn, and no GPU run is committed.
+#: The replay around the kernel is the validated SDPA one (band 2%); on top, flash-attn's backward
+#: workspaces are not replayed (``mha_bwd``: an fp32 dq accumulator, 4 x B x L x heads x head_dim
+#: bytes, and with GQA the key / value gradients at the full head count before the group sum:
+#: 257 MiB, 0.25% of the 99 GiB peak, for Llama-3.1-8B LoRA all-linear at 1 x 8192 tokens), nor
+#: differences between flash-attn builds. 5% covers both with margin; it narrows once a GPU run
+#: measures it.
+FLASH_ATTENTION_2_ERROR_BAND = 0.05
+
+# --- time and cost ----------------------------------------------------------------------------
+#: Fraction of a GPU's dense peak (``catalog/gpus.json``) that a training step's matmuls sustain,
+#: applied to the FLOPs the step executes (recomputation included). Large bf16 training runs
+#: report 38-46% model FLOPs utilisation: PaLM 540B 46.2% on TPU v4 (57.8% counting
+#: rematerialisation as hardware FLOPs; Chowdhery et al. 2022, arXiv:2204.02311, Table 3 and
+#: section 4), Llama 3 405B 38-43% on H100 (Dubey et al. 2024, arXiv:2407.21783, Table 4).
+#: 0.40 is the low end of that range. Single-GPU fine-tuning with small micro-batches and a
+#: frozen-weight backward usually sustains less: measure (``executors.flops.measure_step_time``)
+#: and pass ``utilization=``.
+DEFAULT_UTILIZATION = 0.40
+DEFAULT_UTILIZATION_SOURCE = ("default 0.40: low end of the 38-46% MFU large bf16 runs report (PaLM 540B 46.2%, "
+                              "arXiv:2204.02311 Table 3; Llama 3 405B 38-43%, arXiv:2407.21783 Table 4)")
+#: Seconds in an hour (GPU-hours and prices per GPU-hour).
+SECONDS_PER_HOUR = 3600
+#: FLOP/s in one TFLOPS (the catalog's unit: 10^12).
+FLOPS_PER_TFLOPS = 10**12
+
+# --- multi-GPU (planner/memory/parallel.py, docs/memory-model.md "Multi-GPU") ------------------
+#: ``torch.nn.parallel.DistributedDataParallel(bucket_cap_mb=25)`` default: gradient buckets are
+#: closed at 25 MiB (torch/nn/parallel/distributed.py ``bucket_cap_mb``).
+DDP_BUCKET_CAP_BYTES = 25 * MIB
+#: DDP's first bucket is closed at 1 MiB so the first all-reduce starts early
+#: (``torch.distributed._DEFAULT_FIRST_BUCKET_BYTES``).
+DDP_FIRST_BUCKET_BYTES = 1 * MIB
+#: DeepSpeed's own default ``reduce_bucket_size`` / ``allgather_bucket_size`` (5e8 elements,
+#: deepspeed/runtime/zero/config.py). Not used by the plans: transformers fills "auto" instead (below).
+DEEPSPEED_DEFAULT_BUCKET_ELEMENTS = 500_000_000
+#: transformers' "auto" ``zero_optimization.reduce_bucket_size`` = hidden_size^2 elements
+#: (transformers/integrations/deepspeed.py ``HfTrainerDeepSpeedConfig.trainer_config_finalize``):
+#: the size of the contiguous-gradient (IPG) buffer, in the model dtype.
+DEEPSPEED_REDUCE_BUCKET_PER_HIDDEN2 = 1
+#: transformers' "auto" ``stage3_prefetch_bucket_size`` = 0.9 x hidden_size^2 elements (same source).
+DEEPSPEED_PREFETCH_BUCKET_PER_HIDDEN2 = 0.9
+#: transformers' "auto" ``stage3_param_persistence_threshold`` = 10 x hidden_size elements (same
+#: source): ZeRO-3 keeps parameters this small unpartitioned on every rank (norms, biases).
+DEEPSPEED_PERSISTENCE_THRESHOLD_PER_HIDDEN = 10
+#: DeepSpeed's ``stage3_max_reuse_distance`` and ``stage3_max_live_parameters`` defaults (1e9
+#: elements, deepspeed/runtime/zero/config.py; transformers leaves them): a gathered parameter that is
+#: used again within that many elements is not released, so the last blocks of the forward stay
+#: gathered into the backward.
+DEEPSPEED_MAX_REUSE_DISTANCE = 1_000_000_000
+#: Search ceiling of ``planner.solve_gpus`` (GPUs per data-parallel group).
+MAX_NUM_GPUS = 1024

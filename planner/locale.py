@@ -24,6 +24,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "col.category": "category", "col.paper": "paper",
         "cat.full": "full fine-tuning", "cat.additive": "additive", "cat.reparameterization": "reparameterization",
         "cat.selective": "selective", "cat.hybrid": "hybrid",
+        "gpus": "GPUs", "gpus_desc": "{n} ({sharding}{offload}); memory below is per GPU",
+        "host": "host memory per GPU (offload)",
+        "usable": "usable", "fit": "fits?", "fits_yes": "yes: {device} of {usable} on {gpu}",
+        "fits_no": "no: {device} > {usable} on {gpu}", "largest.batch_size": "largest batch size",
+        "largest.seq_len": "largest sequence length", "largest.r": "largest LoRA rank", "none_fits": "none fits",
+        "smallest_gpu": "smallest catalog GPU that fits", "micro_batch": "micro-batch",
+        "rejected": "rejected", "nothing_fits": "no candidate fits these GPUs (see rejected)",
     },
     "ko": {
         "model": "모델", "method": "방법", "trainable": "학습 파라미터", "total": "전체 파라미터",
@@ -40,6 +47,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "col.category": "분류", "col.paper": "논문",
         "cat.full": "전체 파인튜닝", "cat.additive": "추가형", "cat.reparameterization": "재매개변수화",
         "cat.selective": "선택형", "cat.hybrid": "혼합형",
+        "gpus": "GPU", "gpus_desc": "{n}개 ({sharding}{offload}); 아래 메모리는 GPU당",
+        "host": "GPU당 호스트 메모리 (오프로드)",
+        "usable": "사용 가능", "fit": "적합 여부", "fits_yes": "예: {gpu}에서 {usable} 중 {device}",
+        "fits_no": "아니오: {gpu}에서 {device} > {usable}", "largest.batch_size": "최대 배치 크기",
+        "largest.seq_len": "최대 시퀀스 길이", "largest.r": "최대 LoRA 랭크", "none_fits": "들어가는 값 없음",
+        "smallest_gpu": "들어가는 가장 작은 카탈로그 GPU", "micro_batch": "마이크로 배치",
+        "rejected": "제외", "nothing_fits": "이 GPU에 들어가는 후보가 없음 (제외 목록 참고)",
     },
 }
 

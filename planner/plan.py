@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from planner.compute import StepFlops
 from planner.memory.budget import MemoryBudget
 from planner.memory.settings import TrainingSettings
+from planner.recommendation import Recommendation
 
 
 class Plan(BaseModel):
@@ -36,6 +38,10 @@ class Plan(BaseModel):
     ignored_options: list[str] = []
     settings: TrainingSettings | None = None
     memory: MemoryBudget | None = None  # None where the memory model does not cover the case (see notes)
+    flops: StepFlops | None = None  # matmul FLOPs of one step (planner.compute); None where not counted
+    memory_unavailable_reason: str | None = None  # why memory is None (also in notes)
+    flops_unavailable_reason: str | None = None  # why flops is None (also in notes)
+    recommendation: Recommendation | None = None  # set on the plans planner.recommend returns
 
     def summary_rows(self, lang: str = "en") -> list[tuple[str, str]]:
         from planner.format import human_bytes
@@ -66,5 +72,10 @@ class Plan(BaseModel):
                                       phase=t(f"phase.{m.peak_phase}", lang))),
                 (t("reserved", lang), human_bytes(m.reserved_bytes)),
                 (t("device", lang), human_bytes(m.device_bytes))]
+        if st.num_gpus > 1:
+            rows.insert(1, (t("gpus", lang), t("gpus_desc", lang, n=st.num_gpus, sharding=st.sharding or "ddp",
+                                                 offload=f", offload {st.offload}" if st.offload else "")))
+        if m.host_bytes:
+            rows.append((t("host", lang), human_bytes(m.host_bytes)))
         rows += [(f"  {t('part.' + k, lang)}", human_bytes(v)) for k, v in m.breakdown.items() if v]
         return rows

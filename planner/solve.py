@@ -119,3 +119,80 @@ def sweep(model: Any, method: str | Mapping[str, Any] = "lora", *, batch_size: A
 
         raise PlannerError(unsupported_reason(spec, mplan, settings) or "memory not modelled", field="method")
     return out
+
+
+def smallest_gpu(model: Any, method: str | Mapping[str, Any] = "lora", *, candidates: Any = None,
+                 **options: Any) -> GPU | None:
+    """The catalog GPU with the least usable memory on which the plan fits (None if none does).
+    ``candidates``: GPU ids / GPUs to choose from (default: the whole catalog)."""
+    from planner.api import estimate
+    from planner.gpus import gpus as catalog_gpus
+
+    pool = [lookup_gpu(g) if isinstance(g, str) else g for g in candidates] if candidates is not None else catalog_gpus()
+    plan = estimate(model, method, **options)
+    if plan.memory is None:
+        raise PlannerError(f"no memory budget for this plan: {'; '.join(plan.notes)}", field="method")
+    fitting = [g for g in pool if fits(plan, g)]
+    return min(fitting, key=lambda g: (g.usable_memory_bytes, g.id)) if fitting else None
+
+
+def solve_gpus(model: Any, method: str | Mapping[str, Any] = "lora", *, gpu: str | GPU, sharding: str | None = None,
+               max_gpus: int | None = None, **options: Any) -> int:
+    """The smallest ``num_gpus`` whose per-GPU plan fits ``gpu`` (:func:`fits`) under ``sharding``
+    (``"ddp"``, ``"zero1"``, ``"zero2"``, ``"zero3"``, ``"fsdp_full_shard"``, ``"fsdp_shard_grad_op"``;
+    None: one GPU, else DDP). Other options and settings (``offload``, ``batch_size`` per GPU, ...)
+    as for :func:`planner.estimate`. Raises :class:`PlannerError` when nothing up to ``max_gpus``
+    (default ``planner.constants.MAX_NUM_GPUS``) fits.
+
+    Per-GPU memory never grows with the GPU count beyond the dim-0 padding of FSDP shards (a few
+    rows per parameter), so the search doubles the count until it fits, then bisects."""
+    from planner.api import estimate
+    from planner.constants import MAX_NUM_GPUS
+
+    if "num_gpus" in options:
+        raise PlannerError("num_gpus is what solve_gpus finds; leave it out", field="num_gpus")
+    ceiling = MAX_NUM_GPUS if max_gpus is None else int(max_gpus)
+    if ceiling < 1:
+        raise PlannerError(f"max_gpus must be at least 1 (got {max_gpus!r})", field="max_gpus")
+    g = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
+    cache: dict[int, Plan] = {}
+
+    def plan_at(n: int) -> Plan:
+        if n not in cache:
+            cache[n] = estimate(model, method, num_gpus=n, sharding=sharding, **options)
+            if cache[n].memory is None:
+                raise PlannerError(f"no memory budget for this plan: {'; '.join(cache[n].notes)}", field="method")
+        return cache[n]
+
+    def ok(n: int) -> bool:
+        return fits(plan_at(n), g)
+
+    if ok(1):
+        return 1
+    replicated = sharding in (None, "ddp")
+    if replicated:  # every GPU holds the whole step: more GPUs never lower the per-GPU memory
+        need = plan_at(1).memory.device_bytes
+        raise PlannerError(
+            f"does not fit one {g.name} ({need / 2**30:.1f} GiB needed per GPU, "
+            f"{g.usable_memory_bytes / 2**30:.1f} GiB usable) and {sharding or 'DDP'} replicates the model on every "
+            "GPU, so no GPU count fits; shard it (sharding='zero3' or 'fsdp_full_shard'), offload, or shrink the "
+            "batch / sequence", field="sharding")
+    hi = 1
+    while hi < ceiling and not ok(min(hi * 2, ceiling)):
+        hi = min(hi * 2, ceiling)
+    if hi >= ceiling:
+        need = plan_at(ceiling).memory.device_bytes
+        raise PlannerError(
+            f"does not fit {g.name} under {sharding} with up to {ceiling} GPUs ({need / 2**30:.1f} GiB per GPU at "
+            f"{ceiling}, {g.usable_memory_bytes / 2**30:.1f} GiB usable); allow more GPUs (max_gpus) if that is "
+            "still falling, else what does not shrink with more GPUs (activations, the gathered layer, replicated "
+            "parameters) is too large: use gradient checkpointing, a smaller batch / sequence, offload, or a larger "
+            "GPU", field="num_gpus")
+    lo, good = hi, min(hi * 2, ceiling)  # not ok(lo), ok(good)
+    while good - lo > 1:
+        mid = (lo + good) // 2
+        if ok(mid):
+            good = mid
+        else:
+            lo = mid
+    return good

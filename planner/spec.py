@@ -49,6 +49,7 @@ class ModelSpec(BaseModel):
     config: dict[str, Any]  # the config as given (validated keys only are trusted)
 
     _inventory: Any = PrivateAttr(default=None)
+    _memo: Any = PrivateAttr(default=None)  # planner.memo: results derived from this (immutable) spec
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -61,6 +62,12 @@ class ModelSpec(BaseModel):
 
             object.__setattr__(self, "_inventory", build_inventory(self))
         return self._inventory
+
+    def memo_caches(self) -> dict:
+        """The per-spec caches of :mod:`planner.memo`."""
+        if self._memo is None:
+            object.__setattr__(self, "_memo", {})
+        return self._memo
 
     @property
     def total_params(self) -> int:

@@ -29,16 +29,19 @@ def main() -> None:
     outcome = planning.estimate_for(sb.inputs, sb.model, views.runner)
     if not outcome.ok:
         sb.show_error(t, outcome.error)
+    inputs = sb.inputs
     with containers[view]:
         if view == "plan":
-            views.plan_view(t, sb, outcome)
+            inputs = views.plan_view(t, sb, outcome)
+        elif view == "recommend":
+            inputs = views.recommend_view(t, sb)
         elif view == "compare":
             views.compare_view(t, sb)
         elif view == "explore":
             views.explore_view(t, sb)
         else:
             views.export_view(t, sb, outcome)
-    sidebar.write_url(sb.inputs)
+    sidebar.write_url(inputs)
 
 
 main()

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import plotly.graph_objects as go
 
-from ui.i18n import fmt_bytes, fmt_gib, fmt_int
+from ui.i18n import fmt_bytes, fmt_flops, fmt_gib, fmt_int
 from ui.planning import Row, Sweep, memory_segments
 
 GIB = 2**30
@@ -44,6 +44,24 @@ def breakdown_bar(memory: Any, capacity_bytes: int, gpu_name: str, t: T) -> go.F
     top = max(capacity_bytes, memory.device_bytes) / GIB
     fig.update_layout(barmode="stack", title=t("chart.breakdown.title"), xaxis_title=t("chart.axis.gib"),
                       xaxis_range=[0, top * 1.08], height=300, **LAYOUT)
+    return fig
+
+
+FLOP_COLORS = {"forward": "#4C78A8", "backward": "#F58518", "recompute": "#B279A2"}
+
+
+def flops_bar(split: Sequence[tuple[str, int]], t: T) -> go.Figure:
+    """One horizontal bar: the FLOPs of one training step split into forward, backward and the
+    recomputation of gradient checkpointing (TFLOP, 10^12)."""
+    fig = go.Figure()
+    y = [t("chart.flops.bar")]
+    for phase, n in split:
+        fig.add_trace(go.Bar(
+            y=y, x=[n / 1e12], name=t(f"time.phase.{phase}"), orientation="h", marker_color=FLOP_COLORS.get(phase),
+            customdata=[[fmt_flops(n)]], hovertemplate="%{fullData.name}: %{customdata[0]}<extra></extra>"))
+    fig.update_layout(barmode="stack", title=t("chart.flops.title"), xaxis_title=t("chart.axis.tflop"), height=250,
+                      **LAYOUT)
+    fig.update_layout(legend_y=-0.6)  # below the axis title of this short chart
     return fig
 
 

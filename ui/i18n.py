@@ -102,3 +102,13 @@ def fmt_gib(n: int | float | None, digits: int = 2) -> str:
 
 def fmt_signed_gib(n: int | float) -> str:
     return f"{n / 2**30:+,.2f} GiB"
+
+
+def fmt_flops(n: int | float | None) -> str:
+    """FLOPs in decimal units (a TFLOP is 10^12, as GPU peaks are quoted): ``21.24 TFLOP``."""
+    if n is None:
+        return "—"
+    for scale, unit in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,.0f} FLOP"

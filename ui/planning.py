@@ -14,12 +14,13 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 import planner
+from planner.constants import DEFAULT_UTILIZATION
 from planner.gpus import GPU, custom_gpu, gpu as catalog_gpu
 from planner.methods import method_for_peft_type
 from planner.spec import parse_config_text
 from ui import methods
 from ui.i18n import LocalizedError
-from ui.state import CUSTOM_GPU, Inputs
+from ui.state import CUSTOM_GPU, Inputs, tpick_key, widget_values
 
 # ----- model -------------------------------------------------------------------------------------------
 
@@ -89,8 +90,17 @@ def quantization_kwargs(inputs: Inputs, category: str) -> dict[str, Any] | None:
             "bnb_4bit_compute_dtype": compute_dtype(inputs)}
 
 
+def parallel_kwargs(inputs: Inputs) -> dict[str, Any]:
+    """``num_gpus`` / ``sharding`` / ``offload`` for ``planner.estimate``: nothing for one GPU (the
+    sidebar shows the strategy only for several), else the chosen strategy (offload None for "none")."""
+    if int(inputs.gpu_count) <= 1:
+        return {}
+    return {"num_gpus": int(inputs.gpu_count), "sharding": inputs.sharding,
+            "offload": None if inputs.offload == "none" else inputs.offload}
+
+
 def settings_kwargs(inputs: Inputs, spec: planner.ModelSpec, category: str) -> dict[str, Any]:
-    """Training settings as ``planner.estimate`` keyword arguments."""
+    """Training settings as ``planner.estimate`` keyword arguments (with the multi-GPU strategy)."""
     kw: dict[str, Any] = {
         "batch_size": int(inputs.batch_size), "seq_len": int(inputs.seq_len), "dtype": inputs.dtype,
         "adapter_dtype": inputs.adapter_dtype,
@@ -102,6 +112,7 @@ def settings_kwargs(inputs: Inputs, spec: planner.ModelSpec, category: str) -> d
     }
     if spec.is_encoder_decoder and inputs.target_len:
         kw["target_len"] = int(inputs.target_len)
+    kw.update(parallel_kwargs(inputs))
     return kw
 
 
@@ -237,6 +248,19 @@ def verdict(plan: planner.Plan | None, gpu: GPU) -> Verdict:
     return Verdict(status, used, cap, margin, band)
 
 
+def memory_reason(plan: planner.Plan | None) -> str | None:
+    """Why the plan has no memory estimate (the planner's note; ``estimate`` appends it last), or None."""
+    if plan is None or plan.memory is not None or not plan.notes:
+        return None
+    return plan.notes[-1]
+
+
+def host_bytes(plan: planner.Plan | None) -> int:
+    """Host (CPU) memory per GPU for what is offloaded (0 without offload or without a memory estimate)."""
+    mem = getattr(plan, "memory", None) if plan is not None else None
+    return int(getattr(mem, "host_bytes", 0) or 0) if mem is not None else 0
+
+
 #: Bars of the memory chart, bottom to top: the breakdown at the peak, then what the allocator
 #: reserves beyond it, then the CUDA context (together: device memory).
 BREAKDOWN_ORDER = ("weights", "quantization", "gradients", "optimizer", "activations", "logits", "temporaries")
@@ -249,6 +273,85 @@ def memory_segments(memory: Any) -> list[tuple[str, int]]:
     out = [(k, int(bd[k])) for k in keys]
     out.append(("reserve", max(0, int(memory.reserved_bytes) - int(memory.peak_bytes))))
     out.append(("context", max(0, int(memory.device_bytes) - int(memory.reserved_bytes))))
+    return out
+
+
+# ----- time and cost ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timed:
+    """``planner.training_time``'s answer as a value (a ``TrainingTime``), or why there is none."""
+
+    time: Any = None
+    error: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.time is not None
+
+
+def time_kwargs(num_examples: Any, epochs: Any, price_per_gpu_hour: Any, utilization: Any) -> dict[str, Any]:
+    """``planner.training_time`` keyword arguments. The default utilisation goes as None, so the result
+    names its source (the planner's reference for the default) rather than "given"."""
+    if isinstance(utilization, (int, float)) and not isinstance(utilization, bool) \
+            and math.isclose(float(utilization), DEFAULT_UTILIZATION, rel_tol=0.0, abs_tol=1e-12):
+        utilization = None
+    return {"num_examples": num_examples, "epochs": epochs, "price_per_gpu_hour": price_per_gpu_hour,
+            "utilization": utilization}
+
+
+def training_time_for(plan: planner.Plan, gpu: GPU, **kwargs: Any) -> Timed:
+    """``planner.training_time(plan, gpu, **time_kwargs(...))`` with errors as values (the planner's
+    ``TrainingTimeError`` names the input: ``num_examples``, ``epochs``, ``price_per_gpu_hour``,
+    ``utilization``, ``gpu``); the number of GPUs is the plan's own."""
+    try:
+        return Timed(planner.training_time(plan, gpu, **time_kwargs(**kwargs)))
+    except planner.PlannerError as exc:
+        return Timed(error=failure_from(exc))
+    except Exception as exc:  # noqa: BLE001 - a planner bug must not become a traceback on the page
+        return Timed(error=Failure("internal", None, f"{type(exc).__name__}: {exc}"))
+
+
+def time_for_inputs(inputs: Inputs, plan: planner.Plan, gpu: GPU) -> Timed:
+    """The training time for the time-and-cost inputs kept in ``inputs`` (what the link and the export carry)."""
+    return training_time_for(plan, gpu, num_examples=int(inputs.num_examples), epochs=float(inputs.epochs),
+                             price_per_gpu_hour=inputs.price_per_gpu_hour, utilization=float(inputs.utilization))
+
+
+def flops_reason(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str | None:
+    """Why ``plan.flops`` is None (the planner's ``compute.unsupported_reason``), or None when unknown."""
+    try:
+        from planner.api import plan_method
+        from planner.compute import unsupported_reason
+
+        spec = model.spec()
+        method, options = method_arg(inputs)
+        mplan = plan_method(spec, method, **options)[0]
+        return unsupported_reason(spec, mplan, plan.settings)
+    except Exception:  # noqa: BLE001 - only an explanation; the page says FLOPs are not counted either way
+        return None
+
+
+#: Phases of a step's FLOPs, as the time section splits them.
+FLOP_PHASES = ("forward", "backward", "recompute")
+
+
+def flops_split(flops: Any) -> list[tuple[str, int]]:
+    """(phase, FLOPs) of one step: forward, backward (input + weight gradients), recompute; they add up
+    to ``total_flops``."""
+    return [("forward", int(flops.forward_flops)), ("backward", int(flops.backward_flops)),
+            ("recompute", int(flops.recompute_flops))]
+
+
+def flops_parts(flops: Any) -> list[tuple[str, dict[str, int]]]:
+    """(part, {phase: FLOPs, "total": FLOPs}) for each part of the step (linear, attention, adapter, lm_head)."""
+    out = []
+    for name, part in (getattr(flops, "parts", None) or {}).items():
+        backward = int(part.backward_input_flops) + int(part.backward_weight_flops)
+        row = {"forward": int(part.forward_flops), "backward": backward, "recompute": int(part.recompute_flops)}
+        row["total"] = sum(row.values())
+        out.append((name, row))
     return out
 
 
@@ -380,6 +483,161 @@ def sweep(inputs: Inputs, model: ModelRef, gpu: GPU, variable: Variable, runner:
     return Sweep(variable, points, best, best_out, gpu.usable_memory_bytes)
 
 
+# ----- recommend ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """``planner.recommend``'s answer as a value: the ranked plans (each with ``plan.recommendation``),
+    the candidates that fit nowhere as (method, GPU id, Reason), or why there is no answer."""
+
+    plans: tuple[planner.Plan, ...] = ()
+    rejected: tuple[tuple[str, str, Any], ...] = ()
+    error: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: Sidebar settings that ``planner.recommend`` applies to every plan; it chooses the micro-batch,
+#: gradient checkpointing, accumulation and quantization itself.
+RECOMMEND_SETTINGS = ("dtype", "adapter_dtype", "mixed_precision", "attn_implementation", "optimizer", "target_len")
+
+
+def recommend_kwargs(inputs: Inputs, spec: planner.ModelSpec) -> dict[str, Any]:
+    """``planner.recommend`` keyword arguments for the Recommend tab's inputs and the sidebar's settings."""
+    settings = settings_kwargs(inputs, spec, "full")
+    kw = {k: settings[k] for k in RECOMMEND_SETTINGS if k in settings}
+    kw.update(task=inputs.task, num_examples=int(inputs.num_examples), priority=inputs.priority,
+              seq_len=int(inputs.seq_len), epochs=float(inputs.epochs),
+              effective_batch_size=int(inputs.effective_batch_size),
+              price_per_gpu_hour=None if inputs.price_per_gpu_hour is None else float(inputs.price_per_gpu_hour))
+    return kw
+
+
+def gpu_descriptor(inputs: Inputs) -> dict[str, Any]:
+    """The sidebar's GPU as data (a cache key): a catalog id, or a custom GPU's memory."""
+    if inputs.gpu == CUSTOM_GPU:
+        return {"custom_gib": float(inputs.gpu_memory_gib)}
+    return {"id": inputs.gpu}
+
+
+def gpus_arg(descriptor: Mapping[str, Any], count: int) -> Any:
+    """``gpus`` for ``planner.recommend``: ``[gpu]`` for one card, ``{gpu: count}`` for several."""
+    g: Any = descriptor["id"] if "id" in descriptor else custom_gpu(memory_gib=float(descriptor["custom_gib"]),
+                                                                    name=CUSTOM_GPU)
+    return [g] if int(count) == 1 else {g: int(count)}
+
+
+def run_recommend(model: ModelRef, gpu_json: str, count: int, kwargs_json: str) -> Recommended:
+    """``planner.recommend`` with errors as values (a PlannerError names its field; anything else is
+    an internal error), like :func:`run_estimate`."""
+    try:
+        recs = planner.recommend(model.model_arg(), gpus_arg(json.loads(gpu_json), count), **json.loads(kwargs_json))
+        return Recommended(tuple(recs), tuple(getattr(recs, "rejected", ())))
+    except planner.PlannerError as exc:
+        return Recommended(error=failure_from(exc))
+    except Exception as exc:  # noqa: BLE001 - a planner bug must not become a traceback on the page
+        return Recommended(error=Failure("internal", None, f"{type(exc).__name__}: {exc}"))
+
+
+#: Signature of a (possibly cached) recommend runner: (model, GPU descriptor json, GPU count, kwargs json).
+RecommendRunner = Callable[[ModelRef, str, int, str], Recommended]
+
+
+def recommend_for(inputs: Inputs, model: ModelRef, runner: RecommendRunner = run_recommend) -> Recommended:
+    try:
+        kwargs = recommend_kwargs(inputs, model.spec())
+    except planner.PlannerError as exc:
+        return Recommended(error=failure_from(exc))
+    return runner(model, dumps(gpu_descriptor(inputs)), int(inputs.gpu_count), dumps(kwargs))
+
+
+def cited_sources(rec: Any) -> list[str]:
+    """Source keys a recommendation cites (its reasons, then the inference line), first citation first."""
+    out: list[str] = []
+    for reason in [*rec.reasons, rec.inference_overhead]:
+        for key in reason.sources:
+            if key not in out:
+                out.append(key)
+    return out
+
+
+def memory_share(rec: Any) -> float:
+    """Device memory as a share of the GPU's usable memory (0..1)."""
+    return min(1.0, max(0.0, rec.device_bytes / rec.usable_memory_bytes)) if rec.usable_memory_bytes else 0.0
+
+
+def recommended_choice(plan: planner.Plan) -> str | None:
+    """The method picker's choice for a recommended plan (None: the picker does not offer it)."""
+    choices = methods.choices()
+    return next((c for c in (plan.method, plan.method_family) if c in choices), None)
+
+
+def _quantization_choice(q: Mapping[str, Any] | None) -> tuple[str, bool]:
+    if not q:
+        return "none", True
+    if q.get("load_in_8bit"):
+        return "int8", True
+    return str(q.get("bnb_4bit_quant_type", "nf4")), bool(q.get("bnb_4bit_use_double_quant", True))
+
+
+def applied_inputs(plan: planner.Plan, inputs: Inputs, spec: planner.ModelSpec) -> Inputs | None:
+    """``inputs`` with the sidebar's method, options, targets, batch, accumulation, checkpointing,
+    quantization and (several GPUs) the multi-GPU strategy set to a recommended plan (None when the
+    method picker cannot express it).
+
+    Simple options (numbers, flags, choices) come from the plan's PEFT config; list / mapping
+    options go back to PEFT's default, which is what the recommendation used."""
+    choice = recommended_choice(plan)
+    rec = plan.recommendation
+    if choice is None or rec is None:
+        return None
+    cfg = dict(plan.peft_config or {})
+    options: dict[str, Any] = {}
+    for f in methods.fields(choice):
+        value = cfg.get(f.name, f.default) if f.kind != "json" else f.default
+        if f.kind == "int" and value is not None:
+            value = int(value)
+        elif f.kind == "float" and value is not None:
+            value = float(value)
+        options[f.name] = value
+    targets: str | list[str] | None = None
+    if methods.is_targeting(choice):
+        tm = cfg.get("target_modules")
+        if isinstance(tm, str):
+            targets = tm if tm == "all-linear" else f"re:{tm}"
+        elif isinstance(tm, (list, tuple)) and sorted(tm) != sorted(methods.default_targets(choice, spec)):
+            targets = list(tm)
+    settings = plan.settings
+    quant, double_quant = _quantization_choice(getattr(settings, "quantization", None))
+    if methods.category(choice) in ("full", "selective"):
+        quant, double_quant = "none", True
+    parallel: dict[str, Any] = {}
+    if int(rec.num_gpus) > 1:  # recommend uses all the sidebar's GPUs: DDP, else FSDP full shard
+        parallel = {"gpu_count": int(rec.num_gpus), "sharding": rec.sharding or "ddp",
+                    "offload": getattr(settings, "offload", None) or "none"}
+    return inputs.with_(method=choice, options=options, targets=targets, adapter_config=None,
+                        batch_size=int(rec.micro_batch_size), gradient_accumulation_steps=int(rec.gradient_accumulation_steps),
+                        gradient_checkpointing=bool(rec.gradient_checkpointing), quantization=quant, double_quant=double_quant,
+                        seq_len=int(getattr(settings, "seq_len", inputs.seq_len)), view="plan", **parallel)
+
+
+#: Widget keys applying a plan leaves alone (the model, the language, the Recommend inputs).
+_KEEP_ON_APPLY = frozenset({"lang", "model", "model_source"})
+
+
+def applied_widget_values(new: Inputs, spec: planner.ModelSpec) -> dict[str, Any]:
+    """Session-state values that make the sidebar show ``new`` (from :func:`applied_inputs`)."""
+    out = {k: v for k, v in widget_values(new).items() if k not in _KEEP_ON_APPLY and not k.startswith("_")}
+    out["use_adapter_json"] = False
+    if isinstance(new.targets, list):
+        for name in methods.linear_names(spec):
+            out[tpick_key(new.method, name)] = name in new.targets
+    return out
+
+
 # ----- export -------------------------------------------------------------------------------------------
 
 PEFT_CONFIG_CLASSES = {
@@ -391,10 +649,20 @@ AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "seq2seq_lm": "AutoModelFor
 TORCH_DTYPES = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32"}
 
 
-def plan_document(inputs: Inputs, model: ModelRef, plan: planner.Plan | None, gpu: GPU, v: Verdict | None) -> dict[str, Any]:
-    """The plan as one JSON document: inputs, estimate arguments, the planner's Plan, GPU and verdict."""
+def plan_document(inputs: Inputs, model: ModelRef, plan: planner.Plan | None, gpu: GPU, v: Verdict | None,
+                  timed: Timed | None = None) -> dict[str, Any]:
+    """The plan as one JSON document: inputs, estimate arguments (with the multi-GPU strategy), the
+    planner's Plan, GPU (count, sharding, offload) and verdict, and the training time for the time
+    inputs (``planner.training_time``'s result, or why there is none)."""
     spec = model.spec()
     method, options = method_arg(inputs)
+    parallel = parallel_kwargs(inputs)
+    time_doc = None
+    if timed is not None:
+        time_doc = {"args": {"gpu": gpu.id, **time_kwargs(int(inputs.num_examples), float(inputs.epochs),
+                                                          inputs.price_per_gpu_hour, float(inputs.utilization))},
+                    "result": json.loads(timed.time.model_dump_json()) if timed.ok else None,
+                    "error": None if timed.ok else {"field": timed.error.field, "message": timed.error.message}}
     return {
         "tool": "peft-planner",
         "version": getattr(planner, "__version__", ""),
@@ -402,16 +670,25 @@ def plan_document(inputs: Inputs, model: ModelRef, plan: planner.Plan | None, gp
         "model_source": "upload" if model.uploaded else "catalog",
         "estimate_args": {"method": method, **options, **settings_kwargs(inputs, spec, method_category(inputs))},
         "gpu": {"id": gpu.id, "name": gpu.name, "memory_bytes": gpu.memory_bytes,
-                "usable_memory_bytes": gpu.usable_memory_bytes, "count": int(inputs.gpu_count)},
+                "usable_memory_bytes": gpu.usable_memory_bytes, "count": int(inputs.gpu_count),
+                "sharding": parallel.get("sharding"), "offload": parallel.get("offload")},
         "verdict": None if v is None else {
-            "status": v.status, "compared": "device_bytes (reserved + CUDA context) vs usable_memory_bytes",
-            "used_bytes": v.used_bytes, "capacity_bytes": v.capacity_bytes, "margin_bytes": v.margin_bytes},
+            "status": v.status, "compared": "device_bytes (reserved + CUDA context) vs usable_memory_bytes, per GPU",
+            "used_bytes": v.used_bytes, "capacity_bytes": v.capacity_bytes, "margin_bytes": v.margin_bytes,
+            "host_bytes": host_bytes(plan)},
         "plan": None if plan is None else json.loads(plan.model_dump_json()),
+        "training_time": time_doc,
     }
+
+
+class _Name(str):
+    """A Python name in generated code (written as is, not as a string literal)."""
 
 
 def _py(value: Any) -> str:
     """A Python literal for a JSON-like value."""
+    if isinstance(value, _Name):
+        return str(value)
     if isinstance(value, bool) or value is None:
         return repr(value)
     if isinstance(value, (list, tuple)):
@@ -450,11 +727,48 @@ def _block_prefixes(names: Iterable[str]) -> list[str]:
     return out
 
 
+#: How the snippet names each multi-GPU strategy (a code comment).
+SHARDING_NAMES = {
+    "ddp": "DistributedDataParallel (model replicated)", "zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2",
+    "zero3": "DeepSpeed ZeRO-3", "fsdp_full_shard": "FSDP2 full shard", "fsdp_shard_grad_op": "FSDP2 shard grad op",
+}
+#: Optimizers DeepSpeed runs as its own CPU Adam when the optimizer is offloaded.
+_ADAMW = ("adamw_torch", "adamw_torch_fused")
+
+
+def deepspeed_config(sharding: str, offload: str | None, optimizer: str) -> dict[str, Any]:
+    """The DeepSpeed config the memory model assumes: the ZeRO stage, ``"auto"`` values that
+    transformers' Trainer fills in (``reduce_bucket_size = hidden^2``, ZeRO-3's prefetch and
+    persistence thresholds), CPU offload of the optimizer (and the parameters)."""
+    stage = int(sharding[-1])
+    zero: dict[str, Any] = {"stage": stage}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if offload == "optimizer+params":
+        zero["offload_param"] = {"device": "cpu"}
+    zero["reduce_bucket_size"] = "auto"
+    if stage == 3:
+        zero["stage3_prefetch_bucket_size"] = "auto"
+        zero["stage3_param_persistence_threshold"] = "auto"
+    cfg: dict[str, Any] = {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+    if offload and optimizer in _ADAMW:  # DeepSpeed's CPU Adam steps the offloaded optimizer
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                        "weight_decay": "auto"}}
+    elif offload:
+        cfg["zero_force_ds_cpu_optimizer"] = False
+    cfg.update({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto", "gradient_clipping": "auto"})
+    return cfg
+
+
 def python_snippet(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str:
-    """Ready-to-paste transformers + peft (+ bitsandbytes) code that builds what was planned."""
+    """Ready-to-paste transformers + peft (+ bitsandbytes) code that builds what was planned; with
+    several GPUs also the strategy (DeepSpeed config or FSDP2 arguments) and how to launch it."""
     spec = model.spec()
     category = plan.category
     q = quantization_kwargs(inputs, category)
+    parallel = parallel_kwargs(inputs)
+    sharding, offload, n_gpus = parallel.get("sharding"), parallel.get("offload"), parallel.get("num_gpus", 1)
     name = spec.name if model.uploaded else inputs.model
     auto = AUTO_CLASSES.get(spec.task, "AutoModelForCausalLM")
     peft_cfg = _explicit_peft_options(plan)
@@ -463,6 +777,9 @@ def python_snippet(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str:
         peft_cfg["task_type"] = TASK_TYPES[spec.task]
     cls = PEFT_CONFIG_CLASSES.get(peft_type)
     imports = ["import torch", f"from transformers import {auto}, TrainingArguments" + (", BitsAndBytesConfig" if q else "")]
+    device_map = bool(q) and sharding in ("ddp", "zero1", "zero2")  # each process loads its quantized copy on its GPU
+    if device_map:
+        imports.insert(0, "import os")
     peft_imports = []
     if peft_type:
         peft_imports.append(cls or "get_peft_config")
@@ -471,7 +788,34 @@ def python_snippet(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str:
         peft_imports.append("prepare_model_for_kbit_training")
     if peft_imports:
         imports.append(f"from peft import {', '.join(peft_imports)}")
-    lines = [*imports, "", f"model_id = {name!r}"]
+    head = []
+    if sharding:
+        head = [f"# {n_gpus} GPUs, {SHARDING_NAMES[sharding]}" + (f", {offload} offloaded to the CPU" if offload else "")
+                + f": launch with `torchrun --nproc_per_node {n_gpus} train.py` (batch size is per GPU)"]
+    lines = [*head, *imports, "", f"model_id = {name!r}"]
+    ta: dict[str, Any] = {"output_dir": "out", "per_device_train_batch_size": int(inputs.batch_size),
+                          "gradient_accumulation_steps": int(inputs.gradient_accumulation_steps), "optim": inputs.optimizer}
+    if inputs.gradient_checkpointing:
+        ta["gradient_checkpointing"] = True
+        ta["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if inputs.dtype == "float32" and inputs.mixed_precision != "none":
+        ta[inputs.mixed_precision] = True
+    ds_lines: list[str] = []
+    if sharding in ("zero1", "zero2", "zero3"):
+        ds = deepspeed_config(sharding, offload, inputs.optimizer)
+        ds_lines = ["ds_config = {", *(f"    {_py(k)}: {_py(v)}," for k, v in ds.items()), "}"]
+        ta["deepspeed"] = _Name("ds_config")
+        if inputs.dtype in ("bfloat16", "float16"):  # DeepSpeed's 16-bit engine: fp32 master weights and optimizer state
+            ta["bf16" if inputs.dtype == "bfloat16" else "fp16"] = True
+    elif sharding in ("fsdp_full_shard", "fsdp_shard_grad_op"):
+        ta["fsdp"] = True
+        ta["fsdp_config"] = {"version": 2, "reshard_after_forward": sharding == "fsdp_full_shard",
+                             **({"cpu_offload": True} if offload else {})}
+    args_lines = [f"# train on sequences of {int(inputs.seq_len)} tokens", "args = TrainingArguments(",
+                  _kwargs(ta).rstrip("\n"), ")"]
+    if sharding == "zero3":  # ZeRO-3 partitions the weights as they load: TrainingArguments first
+        lines += [*ds_lines, *args_lines]
+        ds_lines = args_lines = []
     load_kw = {"dtype": None, "attn_implementation": inputs.attn_implementation}
     if q:
         bnb = dict(q)
@@ -483,6 +827,8 @@ def python_snippet(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str:
               f"    attn_implementation={inputs.attn_implementation!r},"]
     if q:
         lines.append("    quantization_config=bnb_config,")
+    if device_map:
+        lines.append('    device_map={"": int(os.environ.get("LOCAL_RANK", 0))},')
     lines.append(")")
     if q:
         lines.append("model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)")
@@ -505,14 +851,7 @@ def python_snippet(inputs: Inputs, model: ModelRef, plan: planner.Plan) -> str:
         else:
             lines += [f"TRAINABLE = {_py(tuple(_block_prefixes(names)))}",
                       "for name, param in model.named_parameters():", "    param.requires_grad = name.startswith(TRAINABLE)"]
-    ta: dict[str, Any] = {"output_dir": "out", "per_device_train_batch_size": int(inputs.batch_size),
-                          "gradient_accumulation_steps": int(inputs.gradient_accumulation_steps), "optim": inputs.optimizer}
-    if inputs.gradient_checkpointing:
-        ta["gradient_checkpointing"] = True
-        ta["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    if inputs.dtype == "float32" and inputs.mixed_precision != "none":
-        ta[inputs.mixed_precision] = True
-    lines += [f"# train on sequences of {int(inputs.seq_len)} tokens", "args = TrainingArguments(", _kwargs(ta).rstrip("\n"), ")"]
+    lines += [*ds_lines, *args_lines]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 import planner
 from planner.gpus import gpus
-from planner.memory.settings import ATTN_IMPLEMENTATIONS, OPTIMIZERS
+from planner.memory.settings import ATTN_IMPLEMENTATIONS, OPTIMIZERS, SHARDINGS
 from ui import methods, planning, state
 from ui.i18n import LANGS, LocalizedError, Translator, fmt_gib
 from ui.planning import Failure, ModelRef
@@ -22,7 +22,9 @@ TRAINING_FIELDS = frozenset({
     "attn_implementation", "optimizer", "quantization", "gradient_accumulation_steps", "settings",
 })
 MODEL_FIELDS = frozenset({"model", "config", "config.json"})
-GPU_FIELDS = frozenset({"gpu", "memory_gib", "name", "usable_memory_fraction"})
+GPU_FIELDS = frozenset({"gpu", "memory_gib", "name", "usable_memory_fraction", "num_gpus", "sharding", "offload"})
+#: Session keys that keep the sharding / offload choice while the GPU count is one (their widgets are not drawn).
+KEEP_PARALLEL = {"sharding": "_keep.sharding", "offload": "_keep.offload"}
 UPLOAD_LIMIT_MB = 1
 
 
@@ -350,8 +352,46 @@ def gpu_section(sb: Any, t: Translator) -> tuple[dict[str, Any], Any]:
     _ensure_number("gpu_count", d.gpu_count, 1, state.MAX_GPUS)
     out["gpu_count"] = sb.number_input(t("gpu.count"), min_value=1, max_value=state.MAX_GPUS, step=1, key="gpu_count",
                                        help=t("gpu.count.help"))
+    out["sharding"], out["offload"] = d.sharding, d.offload
+    if out["gpu_count"] > 1:
+        out["sharding"], out["offload"] = parallel_section(sb, t)
+    else:  # not drawn: drop what the widgets held, so they come back with the kept choice
+        for key in KEEP_PARALLEL:
+            st.session_state.pop(key, None)
     slot = sb.container()
     return out, slot
+
+
+def sharding_label(t: Translator, sharding: str) -> str:
+    return t.get(f"sharding.{sharding}", sharding)
+
+
+def offload_label(t: Translator, offload: str) -> str:
+    return t.get(f"offload.{offload}", offload)
+
+
+def parallel_section(sb: Any, t: Translator) -> tuple[str, str]:
+    """With several GPUs: how they share the model (DDP by default) and, where the strategy allows it,
+    what is offloaded to the CPU (only the choices valid for the chosen strategy are offered)."""
+    ss = st.session_state
+    d = state.DEFAULTS
+    shardings = list(SHARDINGS)
+    _ensure("sharding", ss.get(KEEP_PARALLEL["sharding"], d.sharding), shardings)
+    sharding = sb.selectbox(t("setting.sharding"), shardings, key="sharding", format_func=lambda v: sharding_label(t, v),
+                            help=t("setting.sharding.help"))
+    ss[KEEP_PARALLEL["sharding"]] = sharding
+    offloads = list(state.valid_offloads(sharding))
+    offload = d.offload
+    if len(offloads) > 1:
+        kept = ss.get(KEEP_PARALLEL["offload"], d.offload)
+        _ensure("offload", kept if kept in offloads else d.offload, offloads)
+        offload = sb.selectbox(t("setting.offload"), offloads, key="offload", format_func=lambda v: offload_label(t, v),
+                               help=t("setting.offload.help"))
+        ss[KEEP_PARALLEL["offload"]] = offload
+    else:
+        ss.pop("offload", None)
+        sb.caption(t("setting.offload.none", sharding=sharding_label(t, sharding)))
+    return sharding, offload
 
 
 def render(t: Translator, view: str) -> Sidebar:
@@ -365,7 +405,8 @@ def render(t: Translator, view: str) -> Sidebar:
     settings, training_slot = training_section(sb, t, spec, choice, category)
     gpu_inputs, gpu_slot = gpu_section(sb, t)
     inputs = state.Inputs(lang=t.lang, model=model_id, method=choice, options=options, targets=targets,
-                          adapter_config=adapter_config, view=view, **settings, **gpu_inputs)
+                          adapter_config=adapter_config, view=view, **settings, **gpu_inputs,
+                          **state.tab_values(st.session_state))  # the Recommend / time inputs (kept while their tab is closed)
     slots = {"model": model_slot, "method": method_slot, "training": training_slot, "gpu": gpu_slot}
     try:
         gpu = planning.resolve_gpu(inputs)

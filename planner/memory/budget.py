@@ -15,7 +15,8 @@ BREAKDOWN_KEYS = ("weights", "gradients", "optimizer", "activations", "logits", 
 
 
 class MemoryBudget(BaseModel):
-    """Predicted memory of one steady-state training step on one GPU, in bytes."""
+    """Predicted memory of one steady-state training step on one GPU, in bytes (with ``num_gpus > 1``:
+    on one GPU, rank 0, of the data-parallel group)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,6 +34,9 @@ class MemoryBudget(BaseModel):
     error_band: float
     """Relative uncertainty of ``peak_bytes`` the model claims (e.g. 0.02 = +-2%), from validation."""
     notes: list[str] = []
+    host_bytes: int = 0
+    """Host (CPU) memory per GPU for what is offloaded (``offload=``): fp32 master weights, optimizer
+    state, offloaded parameter and gradient shards. 0 without offload. Not part of ``peak_bytes``."""
 
     @property
     def peak_gib(self) -> float:

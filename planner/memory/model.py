@@ -31,10 +31,27 @@ from planner.spec import ModelSpec
 #: op by op (validated against executors' fake-mode measurements, docs/validation/).
 REPLAYED_ERROR_BAND = 0.02
 
+#: Band claimed where a data-parallel strategy is modelled from its source but not measured
+#: (DeepSpeed ZeRO-1/2/3, CPU offload): a stated uncertainty, not a measurement. DDP and FSDP2 are
+#: measured per rank (tests/executors/test_distributed.py) and keep the replay's band.
+UNMEASURED_PARALLEL_ERROR_BAND = 0.10
+
+
+def _error_band(ctx: Context) -> float:
+    band = ctx.program.error_band(ctx)
+    st = ctx.settings
+    if (st.sharding or "").startswith("zero") or st.offload:
+        band = max(band, UNMEASURED_PARALLEL_ERROR_BAND)
+    return band
+
+
 #: Sim categories -> breakdown keys.
 _CATEGORY_KEYS = {"activations": "activations", "logits": "logits", "gradients": "gradients",
                   "gradients_act": "temporaries", "temporaries": "temporaries", "inputs": "activations",
-                  "weights": "weights", "optimizer": "optimizer", "quantization": "quantization"}
+                  "weights": "weights", "optimizer": "optimizer", "quantization": "quantization",
+                  # data-parallel strategies (planner/memory/parallel.py)
+                  "weights_gathered": "weights", "grad_shards": "gradients", "grad_buckets": "gradients",
+                  "comm": "temporaries"}
 
 
 def _static(ctx: Context) -> tuple[int, int, list[TrainableTensor]]:
@@ -109,21 +126,45 @@ def _replay(ctx: Context, weights: int, quant: int, opt, layers: tuple[int, ...]
     seq = settings.seq_len if seq is None else seq
     ctx.sim = sim = Sim()
     ctx.layer_indices = layers
-    sim.set_base({"weights": weights, "quantization": quant, "optimizer": opt.state_bytes})
+    par = ctx.parallel
+    sim.set_base(par.base() if par is not None else {"weights": weights, "quantization": quant,
+                                                       "optimizer": opt.state_bytes})
+    if settings.gradient_accumulation_steps > 1 and par is None:
+        # the steady micro-step (second on): last micro-step's .grad tensors are resident throughout
+        sim.set_base({**sim.base, "gradients": ctx.resident_grad_bytes})
+        sim.grads_resident = True
+    if par is not None:
+        par.bind(sim)
+        sim.grad_hook = par.on_param_grad
     phase_peaks: dict[str, Any] = {}
     snaps: dict[str, dict[str, Any]] = {}
     sim.reset_peak()
+    if par is not None:
+        par.root_pre_forward()
     loss, inputs = ctx.program.forward(ctx, batch, seq)
+    if par is not None:
+        par.root_post_forward()
     phase_peaks["forward"], snaps["forward"] = sim.peak_total, _snapshot(sim)
     sim.reset_peak()
+    if par is not None:
+        par.backward_start()
     sim.backward(loss)
     del loss
     inputs.pop("graph", None)  # what only the graph kept (checkpointed layers' cos / sin) dies with it
+    if par is not None:
+        par.backward_end()  # the final backward callback (deferred reductions)
     phase_peaks["backward"], snaps["backward"] = sim.peak_total, _snapshot(sim)
+    if par is not None:
+        par.optimizer_begin()
     sim.reset_peak()
-    sim.note_peak(opt.step_temporary_bytes, "temporaries")
+    if par is not None:
+        par.optimizer_step()
+    else:
+        sim.note_peak(opt.step_temporary_bytes, "temporaries")
     phase_peaks["optimizer"], snaps["optimizer"] = sim.peak_total, _snapshot(sim)
     sim.param_grads.clear()
+    if par is not None:
+        par.zero_grad()
     del inputs
     return phase_peaks, snaps
 
@@ -139,8 +180,14 @@ def _prepare(spec: ModelSpec, plan: MethodPlan, settings: TrainingSettings):
     ctx = Context(spec=spec, plan=plan, settings=settings, sim=Sim(), trainable=trainable, adapters=adapters,
                   quantized=quantized, compute_dtype=str(compute).replace("torch.", ""), stream_dtype=stream)
     ctx.program = program
+    ctx.parallel = None
     weights, quant, tensors = _static(ctx)
+    ctx.resident_grad_bytes = sum(round_alloc(nbytes(t.numel, t.dtype)) for t in tensors)  # every trainable .grad
     opt = optimizer_bytes(settings.optimizer, tensors)
+    if settings.sharding is not None:
+        from planner.memory.parallel import make_parallel
+
+        ctx.parallel = make_parallel(ctx, weights, quant, tensors, opt)
     return ctx, weights, quant, opt
 
 
@@ -150,7 +197,8 @@ def _phases(ctx: Context, weights: int, quant: int, opt, batch: Any, seq: Any):
     n_layers = spec.num_layers
     k = EXTRAPOLATE_FROM_LAYERS
     sigs = layer_signatures(spec, ctx.plan, ctx.trainable, ctx.adapters)
-    if n_layers > k + 1 and len(set(sigs[1:])) == 1 and getattr(ctx.program.module, "EXTRAPOLATES", True):
+    if n_layers > k + 1 and len(set(sigs[1:])) == 1 and ctx.program.extrapolates(ctx) \
+            and getattr(ctx.parallel, "extrapolates", True):
         p3, s3 = _replay(ctx, weights, quant, opt, tuple(range(k)), batch, seq)
         p4, s4 = _replay(ctx, weights, quant, opt, tuple(range(k + 1)), batch, seq)
         extra = n_layers - k
@@ -176,15 +224,23 @@ def estimate_memory(spec: ModelSpec, plan: MethodPlan, settings: TrainingSetting
     phase_peaks, snaps = _phases(ctx, weights, quant, opt, settings.batch_size, settings.seq_len)
     phase = max(phase_peaks, key=lambda k: phase_peaks[k])
     peak = int(phase_peaks[phase])
-    reserved = int(_reserved(peak, weights + quant + opt.state_bytes))
+    par = ctx.parallel
+    persistent = par.persistent_bytes if par is not None else weights + quant + opt.state_bytes
+    paged = par.paged_bytes if par is not None else opt.paged_bytes
+    reserved = int(_reserved(peak, persistent))
     notes = list(ctx.program.notes(ctx))
+    if par is not None:
+        from planner.memory.parallel import notes as parallel_notes
+
+        notes += parallel_notes(settings)
     if opt.paged_bytes:
         notes.append(f"paged optimizer state ({opt.paged_bytes / 2**30:.2f} GiB) lives in CUDA unified memory: not in "
                      "max_memory_allocated, but on the device while resident (counted in device_bytes)")
     return MemoryBudget(
-        peak_bytes=peak, reserved_bytes=reserved, device_bytes=reserved + opt.paged_bytes + CUDA_CONTEXT_BYTES,
+        peak_bytes=peak, reserved_bytes=reserved, device_bytes=reserved + paged + CUDA_CONTEXT_BYTES,
         peak_phase=phase, breakdown={k: int(v) for k, v in snaps[phase].items()},
-        phase_peaks={k: int(v) for k, v in phase_peaks.items()}, error_band=ctx.program.error_band(ctx), notes=notes,
+        phase_peaks={k: int(v) for k, v in phase_peaks.items()}, error_band=_error_band(ctx), notes=notes,
+        host_bytes=int(par.host_bytes) if par is not None else 0,
     )
 
 
@@ -199,8 +255,18 @@ def sweep_memory(spec: ModelSpec, plan: MethodPlan, settings: TrainingSettings, 
     b = np.asarray(batch_sizes, dtype=np.int64)
     s = np.asarray(seq_lens, dtype=np.int64)
     b, s = np.broadcast_arrays(b, s)
-    phase_peaks, _ = _phases(ctx, weights, quant, opt, b.copy(), s.copy())
-    peak = np.maximum.reduce([np.broadcast_to(np.asarray(v, dtype=np.int64), b.shape) for v in phase_peaks.values()])
-    reserved = _reserved(peak, weights + quant + opt.state_bytes)
+    regime = ctx.program.regime(ctx, b, s)
+    if regime is None or np.unique(regime).size <= 1:
+        phase_peaks, _ = _phases(ctx, weights, quant, opt, b.copy(), s.copy())
+        peak = np.maximum.reduce([np.broadcast_to(np.asarray(v, dtype=np.int64), b.shape) for v in phase_peaks.values()])
+    else:  # points that run different code (e.g. a mask from some length on): one replay per regime
+        peak = np.zeros(b.shape, dtype=np.int64)
+        for r in np.unique(regime):
+            sel = regime == r
+            pp, _ = _phases(ctx, weights, quant, opt, b[sel].copy(), s[sel].copy())
+            peak[sel] = np.maximum.reduce([np.broadcast_to(np.asarray(v, dtype=np.int64), b[sel].shape)
+                                           for v in pp.values()])
+    par = ctx.parallel
+    reserved = _reserved(peak, par.persistent_bytes if par is not None else weights + quant + opt.state_bytes)
     return {"peak_bytes": peak, "reserved_bytes": reserved,
-            "device_bytes": reserved + opt.paged_bytes + CUDA_CONTEXT_BYTES}
+            "device_bytes": reserved + (par.paged_bytes if par is not None else opt.paged_bytes) + CUDA_CONTEXT_BYTES}

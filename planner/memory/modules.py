@@ -5,6 +5,7 @@ the :class:`~planner.methods.base.MethodPlan` and the settings, read by the fami
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from planner.architectures.base import ModuleEntry, ModuleKind
 from planner.memory import ops
@@ -43,6 +44,7 @@ class Context:
     stream_dtype: str  # dtype of the residual stream (fp32 under prepare_model_for_kbit_training)
     unsupported: list[str] = field(default_factory=list)
     layer_indices: tuple[int, ...] = ()  # the blocks the replay runs (a prefix when extrapolating)
+    parallel: Any = None  # the data-parallel strategy (planner.memory.parallel), None on one GPU
 
     def param(self, module: str, name: str = "weight") -> Param | None:
         entry = self.spec.inventory.by_path.get(module)
@@ -140,7 +142,7 @@ class Context:
             wcopy = weight if weight is not None else sim.tensor(out_f * in_f, ad, category="temporaries")
             base_result = ops.linear(sim, x, in_f, out_f, None)
             if x.rg and base_result.grad_fn is not None:
-                base_result.grad_fn.saved.append(wcopy.storage)  # the fp32 weight copy, needed for x's gradient
+                sim.save_more(base_result.grad_fn, wcopy)  # the fp32 weight copy, needed for x's gradient
             del wcopy
         else:
             base_result = result

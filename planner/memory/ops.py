@@ -63,7 +63,9 @@ def linear(sim: Sim, x: Tensor, in_f: int, out_f: int, w: Param | None, b: Param
                 sim.param_grad(b.key, b.numel, b.dtype)
             return res
 
-        sim.node([x] if w_tr else [], bw, [out], inputs=[x])
+        # addmm / mm save the weight (a parameter: no memory) for the input's gradient and the
+        # input for the weight's
+        sim.node([x] if w_tr else [], bw, [out], inputs=[x], holders=int(x_rg and w is not None) + int(w_tr))
     return out
 
 
@@ -121,7 +123,8 @@ def mul(sim: Sim, a: Tensor, b: Tensor | Param | None, out_numel=None) -> Tensor
         out = sim.tensor(numel, a.dtype, a.rg)
         if a.rg:
             ak, an, ad = a.key, a.numel, a.dtype
-            sim.node([], lambda outs: {ak: _grad(sim, an, ad)}, [out], inputs=[a])
+            # MulBackward0 saves ``other``, the Python number wrapped as a 0-dim CPU tensor
+            sim.node([], lambda outs: {ak: _grad(sim, an, ad)}, [out], inputs=[a], holders=1)
         return out
     b_rg = b.trainable if isinstance(b, Param) else b.rg
     dtype = _promote(a.dtype, b.dtype)
@@ -152,7 +155,8 @@ def mul(sim: Sim, a: Tensor, b: Tensor | Param | None, out_numel=None) -> Tensor
                 res[key] = g
             return res
 
-        sim.node(saved, bw, [out], inputs=[a] + ([b] if isinstance(b, Tensor) else []))
+        sim.node(saved, bw, [out], inputs=[a] + ([b] if isinstance(b, Tensor) else []),
+                 holders=int(a.rg) + int(b_rg))  # a parameter operand is saved too (no memory)
     return out
 
 
@@ -244,13 +248,21 @@ def rms_norm(sim: Sim, x: Tensor, hidden: int, w: Param, *, offset_one: bool = F
     del x32, rs
     if offset_one:
         # Gemma: output * (1.0 + self.weight.float()), then .type_as(x)
-        w32 = sim.tensor(w.numel, "float32", w.trainable) if w.trainable else None
-        if w32 is not None:
-            sim.node([], lambda outs: (sim.param_grad(w.key, w.numel, w.dtype), {})[1], [w32], inputs=[])
-            out = mul(sim, normed, w32)
+        # ``self.weight.float()`` (a copy unless the weight is fp32) then ``1.0 + ...`` (a new fp32
+        # tensor, which ``mul`` saves for the gradient of ``output``), trainable or not
+        def weight_leaf(t: Tensor) -> Tensor:
+            if w.trainable:
+                sim.node([], lambda outs: (sim.param_grad(w.key, w.numel, w.dtype), {})[1], [t], inputs=[])
+            return t
+
+        if w.dtype != "float32":
+            w32 = weight_leaf(sim.tensor(w.numel, "float32", w.trainable))
+            one = add_scalar(sim, w32)
+            del w32
         else:
-            out = mul(sim, normed, Param(w.key, w.numel, "float32", False))
-        del w32
+            one = weight_leaf(sim.tensor(w.numel, "float32", w.trainable))
+        out = mul(sim, normed, one)
+        del one
         res = cast(sim, out, dtype)
         del normed, out
         return res
@@ -285,7 +297,8 @@ def layer_norm(sim: Sim, x: Tensor, hidden: int, w: Param | None, b: Param | Non
                 sim.param_grad(b.key, b.numel, b.dtype)
             return res
 
-        sim.node([x, mean, rstd], bw, [out], inputs=[x])
+        # native_layer_norm also saves its weight and bias (parameters)
+        sim.node([x, mean, rstd], bw, [out], inputs=[x], holders=3 + int(w is not None) + int(b is not None))
         del mean, rstd
     return out
 
@@ -365,9 +378,15 @@ def cat(sim: Sim, parts: list[Tensor], numel, dtype: str) -> Tensor:
     out = sim.tensor(numel, dtype, rg)
     if rg:
         spec = [(t.key, t.numel, t.dtype) for t in parts if t.rg]
-        sim.node([], lambda outs: {k: _grad_view(outs[0]) for k, n, d in spec}, [out], inputs=list(parts))
+        sim.node([], lambda outs: {k: _grad_view(outs[0], n) for k, n, d in spec}, [out], inputs=list(parts))
     return out
 
 
-def _grad_view(g: Tensor) -> Tensor:
-    return g
+def _grad_view(g: Tensor, numel=None) -> Tensor:
+    """``grad.narrow(...)`` (``cat_tensors_backward``): a view of the incoming gradient with the
+    input's size; it keeps the whole gradient's storage alive."""
+    if numel is None or same_size(g.numel, numel):
+        return g
+    t = Tensor.__new__(Tensor)
+    t.storage, t.numel, t.dtype, t.rg, t.key, t.grad_fn = g.storage, numel, g.dtype, False, -1, None
+    return t

@@ -20,6 +20,9 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw
               "adafactor")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 MIXED_PRECISION = (None, "bf16", "fp16")
+#: Data-parallel strategies and offload choices (planner/memory/parallel.py models each).
+SHARDINGS = ("ddp", "zero1", "zero2", "zero3", "fsdp_full_shard", "fsdp_shard_grad_op")
+OFFLOADS = ("optimizer", "optimizer+params")
 
 #: QLoRA's standard quantization (Dettmers et al. 2023, arXiv:2305.14314 section 3: NF4 with
 #: double quantization, bf16 compute), as ``BitsAndBytesConfig`` keyword arguments.
@@ -61,6 +64,16 @@ class TrainingSettings(BaseModel):
     """``BitsAndBytesConfig`` keyword arguments (4-bit or 8-bit base weights)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step: changes time per step, not peak memory (gradients accumulate in place)."""
+    num_gpus: int = 1
+    """Data-parallel GPUs (ranks). ``plan.memory`` is then the memory of one GPU (rank 0, the busiest)."""
+    sharding: Literal["ddp", "zero1", "zero2", "zero3", "fsdp_full_shard", "fsdp_shard_grad_op"] | None = None
+    """Data-parallel strategy: ``ddp`` (DistributedDataParallel), DeepSpeed ``zero1`` / ``zero2`` / ``zero3``,
+    FSDP2 ``fsdp_full_shard`` / ``fsdp_shard_grad_op``. None = single GPU; with ``num_gpus > 1`` None
+    means ``ddp`` (what ``torchrun`` + ``Trainer`` runs without a DeepSpeed / FSDP config)."""
+    offload: Literal["optimizer", "optimizer+params"] | None = None
+    """What lives in host (CPU) memory: ``"optimizer"`` (DeepSpeed ``offload_optimizer``: fp32 master
+    weights, optimizer state and step; zero1/2/3) or ``"optimizer+params"`` (also the parameter shards:
+    DeepSpeed ``offload_param`` with zero3, FSDP2 ``CPUOffloadPolicy`` with fsdp_full_shard)."""
 
     @field_validator("batch_size", "seq_len", "gradient_accumulation_steps")
     @classmethod
@@ -105,6 +118,64 @@ class TrainingSettings(BaseModel):
         if qt not in ("nf4", "fp4"):
             raise ValueError("bnb_4bit_quant_type must be 'nf4' or 'fp4'")
         return dict(v)
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("num_gpus must be an integer number of GPUs (1 = a single GPU)")
+        if v < 1:
+            raise ValueError("num_gpus must be at least 1 (data-parallel GPUs; 1 = a single GPU)")
+        return v
+
+    @field_validator("sharding", mode="before")
+    @classmethod
+    def _sharding(cls, v: Any) -> Any:
+        if v is not None and v not in SHARDINGS:
+            raise ValueError(f"unknown sharding; allowed: {', '.join(SHARDINGS)} (or None for a single GPU)")
+        return v
+
+    @field_validator("offload", mode="before")
+    @classmethod
+    def _offload(cls, v: Any) -> Any:
+        if v is not None and v not in OFFLOADS:
+            raise ValueError(f"unknown offload; allowed: {', '.join(OFFLOADS)} (or None)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sharding(cls, data: Any) -> Any:
+        """Several GPUs without a strategy run DDP (``torchrun`` + ``Trainer``'s default)."""
+        if isinstance(data, dict) and data.get("sharding") is None and isinstance(data.get("num_gpus"), int) \
+                and not isinstance(data.get("num_gpus"), bool) and data["num_gpus"] > 1:
+            data = {**data, "sharding": "ddp"}
+        return data
+
+    @field_validator("offload", mode="after")
+    @classmethod
+    def _offload_fits_sharding(cls, off: Any, info) -> Any:
+        """Offload combinations the frameworks accept (DeepSpeed: ``offload_optimizer`` with stages
+        1-3, ``offload_param`` with stage 3 only; FSDP2: ``CPUOffloadPolicy`` moves parameters,
+        gradients and the optimizer together; DDP has no offload)."""
+        sh = info.data.get("sharding")
+        if off is None or "sharding" not in info.data:
+            return off
+        if sh is None:
+            raise ValueError(f"offload={off!r} needs a sharding strategy: zero1 / zero2 / zero3 (offload='optimizer') "
+                             "or zero3 / fsdp_full_shard (offload='optimizer+params'); one GPU works too "
+                             "(e.g. sharding='zero2', num_gpus=1: ZeRO-Offload)")
+        if sh == "ddp":
+            raise ValueError(f"DDP has no offload (offload={off!r}); use sharding='zero1' / 'zero2' / 'zero3' with "
+                             "offload='optimizer', or 'zero3' / 'fsdp_full_shard' with offload='optimizer+params'")
+        if off == "optimizer" and sh.startswith("fsdp"):
+            raise ValueError("FSDP cannot offload the optimizer alone: its CPUOffloadPolicy moves parameters, "
+                             "gradients and optimizer state together; use offload='optimizer+params' with "
+                             "sharding='fsdp_full_shard', or a DeepSpeed strategy (zero1 / zero2 / zero3)")
+        if off == "optimizer+params" and sh not in ("zero3", "fsdp_full_shard"):
+            raise ValueError(f"offload='optimizer+params' needs sharded parameters: sharding='zero3' (DeepSpeed "
+                             f"offload_param is ZeRO-3 only) or 'fsdp_full_shard' (got sharding={sh!r}); "
+                             "use offload='optimizer' with zero1 / zero2")
+        return off
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -59,6 +59,12 @@ class Sim:
         self.nodes: list[Node] = []
         self.param_grads: dict[str, Tensor] = {}
         self.discard_saved = False  # inside a checkpointed forward: saved tensors are not kept
+        self.region: _CheckpointFrame | None = None  # the checkpointed forward being run
+        self.recomputing: _CheckpointFrame | None = None  # the checkpoint being recomputed in backward
+        self.grad_hook: Callable[[str], None] | None = None  # called after a parameter's .grad is produced
+        # gradient accumulation, a micro-step after the first: every .grad already exists (counted in
+        # the base) and each new gradient is added in place (a temporary of its size while adding)
+        self.grads_resident = False
 
     # -- accounting ------------------------------------------------------------------------
     def set_base(self, base: dict[str, Bytes]) -> None:
@@ -103,17 +109,35 @@ class Sim:
         return Tensor(self, numel, dtype, rg, category or self.category)
 
     def node(self, saved: list["Tensor"], backward: Callable[[Any], dict], outputs: list["Tensor"],
-             inputs: list["Tensor"]) -> "Node":
+             inputs: list["Tensor"], holders: int | None = None) -> "Node":
         """Record a backward node. The node holds the storages it saves and the nodes of its inputs
         (the graph's edges); outputs hold the node. A branch whose outputs all die is freed with its
-        saved tensors, as in PyTorch."""
-        keep = [] if self.discard_saved else [t.storage for t in saved if t is not None]
+        saved tensors, as in PyTorch. ``holders``: how many ``SavedVariable``s the op really has
+        (default: the tensors in ``saved``), counting those that cost no memory (a parameter, a
+        wrapped Python scalar): under checkpointing each is a holder whose unpack triggers the
+        recomputation, and the count decides where the recomputation stops."""
+        storages = [t.storage for t in saved if t is not None]
+        n_holders = len(storages) if holders is None else holders
+        keep = [] if (self.discard_saved or self.recomputing is not None) else storages
         edges = [t.grad_fn for t in inputs if t is not None and getattr(t, "grad_fn", None) is not None]
         n = Node(saved=keep, backward=backward, output_keys=[o.key for o in outputs], seq=next(self._ids), edges=edges)
         self.nodes.append(weakref.ref(n))
         for o in outputs:
             o.grad_fn = n
+        if self.region is not None:  # a checkpointed forward: the node keeps a holder per saved tensor
+            self.region.record(n, n_holders)
+        elif self.recomputing is not None:  # the recomputation hands each saved tensor to its original node
+            self.recomputing.repack(n, storages, n_holders)
         return n
+
+    def save_more(self, node: "Node", t: "Tensor") -> None:
+        """A tensor an op's backward node also saves (beyond what :meth:`node` was given)."""
+        if self.region is not None:
+            self.region.record(node, 1, new=False)
+        elif self.recomputing is not None:
+            self.recomputing.repack(node, [t.storage], 1, new=False)
+        elif not self.discard_saved:
+            node.saved.append(t.storage)
 
     # -- backward --------------------------------------------------------------------------------
     def backward(self, loss: "Tensor") -> None:
@@ -132,7 +156,10 @@ class Sim:
             outs = [grads.pop(k, None) for k in node.output_keys]
             if all(o is None for o in outs):
                 node.saved.clear()
+                node.frame = None
                 continue
+            if node.frame is not None and not node.frame.recomputed:  # first unpack of a saved tensor
+                self._recompute(node.frame)
             produced = node.backward(outs)
             for key, g in produced.items():
                 if g is None:
@@ -146,49 +173,94 @@ class Sim:
             del outs, produced
             node.saved.clear()
             node.edges.clear()
+            node.frame = None
             del node
         return grads
 
     def checkpoint(self, fn: Callable[["Tensor"], "Tensor"], x: "Tensor") -> "Tensor":
-        """``torch.utils.checkpoint(fn, x, use_reentrant=False)``: the forward keeps only the
-        input; backward recomputes ``fn`` (its saved tensors exist again, one region at a time)
-        and runs the region's backward."""
-        outer, self.nodes = self.nodes, []
+        """``torch.utils.checkpoint(fn, x, use_reentrant=False)`` (torch/utils/checkpoint.py,
+        ``_checkpoint_hook`` / ``_recomputation_hook``): the forward builds the region's graph as
+        usual but every saved tensor is replaced by a holder (nothing kept), and the frame keeps the
+        input. In backward, the first node of the region that unpacks a saved tensor triggers the
+        recomputation (:meth:`_recompute`); nodes that save nothing (a residual ``add``, a frozen
+        linear) run before it. The recomputation stops early, as soon as it has re-saved as many
+        tensors as the forward saved; each recomputed tensor goes to its original node and is
+        freed when that node has run. Gradients reach every tensor the region read."""
+        frame = _CheckpointFrame(fn, x)
+        outer, self.region = self.region, frame
         self.discard_saved = True
-        out = fn(x)
-        self.discard_saved = False
-        inner, self.nodes = self.nodes, outer
-        del inner
-        if not out.rg:
-            return out
-        xk = x.key
-
-        holder: dict[str, Node] = {}
-
-        def bw(outs):
-            outer2, self.nodes = self.nodes, []
-            out2 = fn(holder["input"])
-            key2 = out2.key
-            region, self.nodes = [r() for r in self.nodes], outer2  # the recomputed graph, held
-            del out2  # the recomputed output itself is not kept (early stop)
-            rest = self.run_backward(region, {key2: outs[0]})
-            g = rest.pop(xk, None)
-            rest.clear()
-            return {xk: g}
-
-        holder["input"] = x  # the checkpoint keeps its input for the recomputation
-        self.node([], bw, [out], inputs=[x])
+        try:
+            out = fn(x)
+        finally:
+            self.discard_saved = False
+            self.region = outer
         return out
+
+    def _recompute(self, frame: "_CheckpointFrame") -> None:
+        frame.recomputed = True
+        outer_nodes, self.nodes = self.nodes, []  # the recomputation's own graph is not kept
+        self.recomputing = frame
+        try:
+            out = frame.fn(frame.input)
+            del out
+        except _StopRecomputation:
+            pass
+        finally:
+            self.recomputing = None
+            self.nodes = outer_nodes
 
     def param_grad(self, key: str, numel: int, dtype: str) -> None:
         """``.grad`` of a trainable parameter: created by the first node that reaches it, then
         accumulated in place (a temporary of the same size exists while adding)."""
-        if key in self.param_grads:
+        if key in self.param_grads or self.grads_resident:
             tmp = self.tensor(numel, dtype, category="gradients")
             self.note_peak()
             del tmp
         else:
             self.param_grads[key] = self.tensor(numel, dtype, category="gradients")
+        if self.grad_hook is not None:  # a data-parallel strategy takes the gradient (bucket, shard)
+            self.grad_hook(key)
+
+
+class _StopRecomputation(Exception):
+    """``_StopRecomputationError``: raised once the recomputation has re-saved every tensor."""
+
+
+class _CheckpointFrame:
+    """``_CheckpointFrame``: the region's function and input, the region's nodes in creation order
+    (weakly, as ``weak_holders``) and how many tensors they saved."""
+
+    __slots__ = ("fn", "input", "nodes", "n_saved", "recomputed", "counter", "repacked", "__weakref__")
+
+    def __init__(self, fn: Callable, x: "Tensor") -> None:
+        self.fn, self.input = fn, x
+        self.nodes: list[weakref.ref] = []
+        self.n_saved = 0
+        self.recomputed = False
+        self.counter = 0  # nodes seen by the recomputation
+        self.repacked = 0  # saved tensors re-saved by the recomputation
+
+    def record(self, node: "Node", n_saved: int, new: bool = True) -> None:
+        if new:
+            self.nodes.append(weakref.ref(node))
+        if n_saved:
+            self.n_saved += n_saved
+            node.frame = self  # the holders' unpack hooks keep the frame (and its input) alive
+
+    def repack(self, node: "Node", storages: list, n_holders: int, new: bool = True) -> None:
+        if new:
+            idx = self.counter
+            self.counter += 1
+            ref = self.nodes[idx] if idx < len(self.nodes) else None
+            node.orig = ref() if ref is not None else None
+        orig = node.orig
+        if not n_holders:
+            return
+        if orig is not None and storages:  # a holder whose node died (a dead branch) takes nothing
+            orig.saved.extend(storages)
+        self.repacked += n_holders
+        if self.repacked >= self.n_saved:
+            raise _StopRecomputation
 
 
 class Storage:
@@ -233,4 +305,6 @@ class Node:
     output_keys: list[int]
     seq: int
     edges: list["Node"] = field(default_factory=list)
+    frame: Any = None  # the checkpoint frame whose recomputation provides this node's saved tensors
+    orig: Any = None  # during a recomputation: the original node this one stands for
     __weakref__: Any = None

@@ -32,6 +32,8 @@ the base embedding stays frozen.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Any
 
 from pydantic import field_validator
@@ -94,15 +96,25 @@ def _rows_and_dim(m) -> tuple[int, int]:
     return m.out_features, m.in_features
 
 
+#: Model types whose transformers 5.24 config class sets ``tie_word_embeddings=True`` whatever the
+#: file says (``T5Config(tie_word_embeddings=False).tie_word_embeddings`` is True; checked against
+#: PEFT in tests/planner/test_property_counts.py).
+CONFIG_FORCES_TIE = frozenset({"t5", "mt5"})
+FORCED_TIE_HEAD = "lm_head"
+
+
 def tied_module_paths(spec, embed, adapted_paths: set[str]) -> list[str]:
     """Paths of the layers PEFT ties to the embedding's adapter: every module whose weight is tied
     to the input embedding (``_get_module_names_tied_with_embedding``: none when
     ``tie_word_embeddings`` is false), matched like ``inject_adapter`` (``name.endswith(key)``);
     ``<module>.base_layer`` where the module is itself adapted."""
-    if not spec.tie_word_embeddings:
+    forced = spec.model_type in CONFIG_FORCES_TIE
+    if not spec.tie_word_embeddings and not forced:
         return []
     canonical = f"{embed.path}.weight"
     keys = [m.path for m in spec.inventory if m.path != embed.path and any(p.tied_to == canonical for p in m.params)]
+    if forced and not spec.tie_word_embeddings:
+        keys.append(FORCED_TIE_HEAD)  # untied in the checkpoint, tied in PEFT's eyes (config forced)
     paths = [p for p in spec.inventory.all_paths if any(p.endswith(k) for k in keys)]
     return [f"{p}.base_layer" if p in adapted_paths else p for p in paths]
 
@@ -134,6 +146,12 @@ def build(cfg: TrainableTokensConfig, spec, method: str) -> MethodPlan:
 
     adapted_paths = {m.path for m in adapted}
     embed_adapted = embed is not None and embed.path in adapted_paths
+    if embed_adapted and spec.model_type in CONFIG_FORCES_TIE and not spec.tie_word_embeddings:
+        # PEFT wraps the (untied) head as a layer tied to the embedding's adapter even when it is
+        # targeted itself: it shares the embedding's delta instead of getting its own (checked
+        # against PEFT 0.21.2: one delta for target_modules=["lm_head", "shared"])
+        adapted = [m for m in adapted if m.path != FORCED_TIE_HEAD]
+        adapted_paths = {m.path for m in adapted}
     tied = tied_module_paths(spec, embed, adapted_paths) if embed_adapted else []
     tensors: list[NewTensor] = []
     for m in adapted:
@@ -147,6 +165,9 @@ def build(cfg: TrainableTokensConfig, spec, method: str) -> MethodPlan:
         saved_aliases = [SavedBaseTensor(peft_name(p, "trainable_tokens_delta"), (n, dim), dtype="adapter") for p in tied]
         notes.append(f"{', '.join(tied)} share the embedding's trainable rows (tied weights): no extra parameters, "
                      "but save_pretrained writes a copy of the rows under each tied module.")
+    if tied and spec.model_type in CONFIG_FORCES_TIE and not spec.tie_word_embeddings:
+        notes.append(f"transformers 5 forces tie_word_embeddings=True on {spec.model_type} configs: PEFT treats the "
+                     f"checkpoint's separate {FORCED_TIE_HEAD} as tied to the embedding and shares its rows.")
     if len(set(cfg.token_indices)) != n:
         notes.append("token_indices has duplicates; PEFT keeps one row per entry (counted as given).")
     wrapped = list(adapted) + [inv.by_path[p] for p in tied if p in inv.by_path]

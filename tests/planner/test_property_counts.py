@@ -762,20 +762,6 @@ def _uses_expert_parameters(model: Model, case: Case) -> bool:
 
 
 KNOWN_MISMATCHES: dict[str, tuple[str, Callable[[Model, Case], bool], dict[str, Any], Case]] = {
-    "trainable-tokens-t5-untied-lm-head": (
-        "trainable_tokens on T5 / mT5 with tie_word_embeddings=false in config.json and lm_head targeted next to the "
-        "embedding: transformers 5's T5Config / MT5Config force tie_word_embeddings=True, so PEFT treats lm_head as "
-        "tied to 'shared' and wraps it sharing the embedding's delta (one delta), while the planner follows the file "
-        "(untied, planner/architectures/t5.py) and gives lm_head its own delta (two). Reference: build_base's untied "
-        "lm_head, as executors build it",
-        lambda m, c: (c.method == "trainable_tokens" and m.model_type in ("t5", "mt5")
-                      and m.config.get("tie_word_embeddings") is False
-                      and m.output_leaf in (c.options.get("target_modules") or [])),
-        dict(model_type="t5", d_model=4, d_kv=2, num_heads=2, d_ff=8, num_layers=1, vocab_size=16,
-             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False),
-        Case("trainable_tokens", {"token_indices": [3], "target_modules": ["lm_head", "shared"]},
-             {"peft_type": "TRAINABLE_TOKENS", "token_indices": [3], "target_modules": ["lm_head", "shared"]}),
-    ),
 }
 
 

@@ -11,7 +11,7 @@ import planner
 from planner.gpus import gpu as catalog_gpu
 from tests.ui.conftest import metric, no_exception, open_view, texts
 from ui import methods, planning, state
-from ui.i18n import Translator, fmt_bytes, fmt_gib, fmt_int, fmt_pct, fmt_signed_gib
+from ui.i18n import Translator, fmt_bytes, fmt_flops, fmt_gib, fmt_int, fmt_pct, fmt_signed_gib
 
 MODEL = "meta-llama/Llama-3.1-8B"
 SETTINGS = dict(batch_size=1, seq_len=512, gradient_checkpointing=True)
@@ -159,12 +159,13 @@ def test_custom_gpu_and_does_not_fit(app):
     app.number_input(key="gpu_memory_gib").set_value(12.0).run()
     app.number_input(key="gpu_count").set_value(4).run()
     no_exception(app)
-    expected = planner.estimate(MODEL, "lora", r=16, **SETTINGS)
+    expected = planner.estimate(MODEL, "lora", r=16, num_gpus=4, sharding="ddp", **SETTINGS)  # per GPU, DDP's buckets
     over = expected.memory.device_bytes - 12 * 2**30
     assert EN("verdict.no_fit", gpu="custom", used=fmt_gib(expected.memory.device_bytes), capacity=fmt_gib(12 * 2**30),
               margin=fmt_gib(over), band="") in [e.value for e in app.error]
-    assert EN("gpu.multi", n="4") in texts(app)
+    assert EN("gpu.multi", n="4", sharding=EN("sharding.ddp"), offload="") in texts(app)
     assert app.query_params["gpu"] == "custom" and app.query_params["gpu_mem"] == "12"
+    assert EN("time.custom_gpu") in texts(app)  # a custom GPU has no peak throughput: no time, a message
 
 
 def test_full_finetuning(app):
@@ -349,3 +350,190 @@ def test_export_in_korean_with_error(make_app):
     at = make_app(lang="ko", view="export", r="5000").run()
     no_exception(at)
     assert KO("error.kind.MethodConfigError") in "\n".join(e.value for e in at.error)
+
+
+# ----- several GPUs --------------------------------------------------------------------------------------------
+
+
+def sidebar_select(at, key):
+    found = [s for s in at.sidebar.selectbox if s.key == key]
+    return found[0] if found else None
+
+
+def test_sharding_select_appears_with_several_gpus(app):
+    assert sidebar_select(app, "sharding") is None and sidebar_select(app, "offload") is None
+    app.number_input(key="gpu_count").set_value(4).run()
+    no_exception(app)
+    select = sidebar_select(app, "sharding")
+    assert select is not None and select.value == "ddp" and select.label == EN("setting.sharding")
+    assert sidebar_select(app, "offload") is None  # DDP has no offload
+    assert EN("setting.offload.none", sharding=EN("sharding.ddp")) in texts(app)
+    shows_plan(app, planner.estimate(MODEL, "lora", r=16, num_gpus=4, sharding="ddp", **SETTINGS))
+    assert EN("gpu.multi", n="4", sharding=EN("sharding.ddp"), offload="") in texts(app)
+    assert app.query_params["gpus"] == "4" and "shard" not in app.query_params  # DDP is the default
+    app.number_input(key="gpu_count").set_value(1).run()
+    assert sidebar_select(app, "sharding") is None and "gpus" not in app.query_params
+
+
+def test_offload_options_follow_the_sharding(app):
+    app.number_input(key="gpu_count").set_value(2).run()
+    expected = {"zero1": ["none", "optimizer"], "zero2": ["none", "optimizer"],
+                "zero3": ["none", "optimizer", "optimizer+params"], "fsdp_full_shard": ["none", "optimizer+params"]}
+    for sharding, options in expected.items():
+        sidebar_select(app, "sharding").set_value(sharding).run()
+        no_exception(app)
+        offload = sidebar_select(app, "offload")
+        assert offload is not None and offload.options == [EN(f"offload.{o}") for o in options], sharding
+    for sharding in ("ddp", "fsdp_shard_grad_op"):
+        sidebar_select(app, "sharding").set_value(sharding).run()
+        assert sidebar_select(app, "offload") is None, sharding
+    sidebar_select(app, "sharding").set_value("zero3").run()
+    sidebar_select(app, "offload").set_value("optimizer+params").run()
+    no_exception(app)
+    assert app.query_params["shard"] == "zero3" and app.query_params["offload"] == "optimizer+params"
+    sidebar_select(app, "sharding").set_value("zero2").run()  # ZeRO-2 cannot offload parameters: back to none
+    no_exception(app)
+    assert sidebar_select(app, "offload").value == "none" and "offload" not in app.query_params
+    shows_plan(app, planner.estimate(MODEL, "lora", r=16, num_gpus=2, sharding="zero2", **SETTINGS))
+
+
+def test_strategy_is_kept_while_the_count_is_one(app):
+    app.number_input(key="gpu_count").set_value(3).run()
+    sidebar_select(app, "sharding").set_value("zero3").run()
+    sidebar_select(app, "offload").set_value("optimizer").run()
+    app.number_input(key="gpu_count").set_value(1).run()
+    no_exception(app)
+    assert sidebar_select(app, "sharding") is None and "shard" not in app.query_params
+    shows_plan(app, planner.estimate(MODEL, "lora", r=16, **SETTINGS))  # one GPU: no strategy
+    app.number_input(key="gpu_count").set_value(3).run()
+    assert sidebar_select(app, "sharding").value == "zero3" and sidebar_select(app, "offload").value == "optimizer"
+    shows_plan(app, planner.estimate(MODEL, "lora", r=16, num_gpus=3, sharding="zero3", offload="optimizer", **SETTINGS))
+
+
+def test_plan_shows_host_memory_for_zero3_with_offload(make_app):
+    at = make_app(gpus="4", shard="zero3", offload="optimizer+params").run()
+    no_exception(at)
+    assert sidebar_select(at, "sharding").value == "zero3" and sidebar_select(at, "offload").value == "optimizer+params"
+    expected = planner.estimate(MODEL, "lora", r=16, num_gpus=4, sharding="zero3", offload="optimizer+params", **SETTINGS)
+    assert expected.memory.host_bytes > 0
+    shows_plan(at, expected)
+    assert metric(at, EN("metric.host")) == fmt_gib(expected.memory.host_bytes)
+    page = texts(at)
+    assert EN("memory.host", host=fmt_gib(expected.memory.host_bytes), offload=EN("offload.optimizer+params"), n="4",
+              total=fmt_gib(4 * expected.memory.host_bytes)) in page
+    assert EN("gpu.multi", n="4", sharding=EN("sharding.zero3"),
+              offload=EN("gpu.multi.offload", offload=EN("offload.optimizer+params"))) in page
+    ko = make_app(gpus="4", shard="zero3", offload="optimizer+params", lang="ko").run()
+    no_exception(ko)
+    assert metric(ko, KO("metric.host")) == fmt_gib(expected.memory.host_bytes)
+    none = make_app(gpus="4", shard="zero3").run()  # no offload: no host memory shown
+    assert not [m for m in none.metric if m.label == EN("metric.host")]
+
+
+def test_unmodelled_strategy_says_why(make_app):
+    at = make_app(method="qlora", gpus="2", shard="zero3").run()
+    no_exception(at)
+    expected = planner.estimate(MODEL, "qlora", r=16, num_gpus=2, sharding="zero3", **SETTINGS)
+    assert expected.memory is None
+    page = texts(at)
+    assert EN("memory.unavailable") in page and "not modelled" in page
+    assert metric(at, EN("metric.trainable")) == fmt_int(expected.trainable_params)
+
+
+def test_explore_sweeps_with_sharding(make_app):
+    at = make_app(gpus="2", shard="fsdp_full_shard", view="explore").run()
+    no_exception(at)
+    table = frame_with(at, EN("variable.seq_len"))
+    row = table[table[EN("variable.seq_len")] == "1,024"]
+    expected = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=1024, gradient_checkpointing=True, num_gpus=2,
+                                sharding="fsdp_full_shard")
+    assert row[EN("metric.device")].iloc[0] == fmt_gib(expected.memory.device_bytes)
+    gpu = catalog_gpu("rtx-4090")
+    assert any(EN("gpu.multi_name", n="2", gpu=gpu.name, sharding=EN("sharding.fsdp_full_shard")) in s.value
+               for s in at.success)
+
+
+# ----- time and cost ------------------------------------------------------------------------------------------
+
+
+def time_metrics_are(at, tt, t=EN):
+    from ui.views import _cost_text, _hours_text, gpu_hours_text, seconds_text
+
+    assert metric(at, t("time.metric.step_flops")) == fmt_flops(tt.step_flops)
+    assert metric(at, t("time.metric.step_time")) == seconds_text(t, tt.step_s)
+    assert metric(at, t("time.metric.hours")) == _hours_text(t, tt.hours)
+    assert metric(at, t("time.metric.gpu_hours")) == gpu_hours_text(tt.gpu_hours)
+    assert metric(at, t("time.metric.cost")) == _cost_text(tt.cost_usd)
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_time_section_renders(make_app, lang):
+    t = Translator(lang)
+    at = make_app(**({"lang": "ko"} if lang == "ko" else {})).run()
+    no_exception(at)
+    plan = planner.estimate(MODEL, "lora", r=16, **SETTINGS)
+    tt = planner.training_time(plan, "rtx-4090", num_examples=5000, epochs=1)
+    assert tt.utilization_source != "given"
+    time_metrics_are(at, tt, t)
+    page = texts(at)
+    assert t("time.heading") in page
+    pct = fmt_pct(100 * tt.utilization, 0)
+    assert t("time.assumption", pct=pct, gpu=catalog_gpu("rtx-4090").name, fmt=tt.number_format,
+             peak=f"{tt.peak_tflops:,.1f}") in page
+    assert "arXiv:2204.02311" in page  # where the default utilisation comes from
+    assert at.number_input(key="time_utilization").value == pytest.approx(100 * tt.utilization)
+    if lang == "ko":
+        assert "시간과 비용" in page and "측정값이 아닌 추정치" in page
+
+
+def test_time_inputs_reach_the_planner_and_the_url(app):
+    app.number_input(key="time_num_examples").set_value(20000)
+    app.number_input(key="time_epochs").set_value(3.0)
+    app.number_input(key="time_price_per_gpu_hour").set_value(2.5)
+    app.number_input(key="time_utilization").set_value(30.0)
+    app.run()
+    no_exception(app)
+    plan = planner.estimate(MODEL, "lora", r=16, **SETTINGS)
+    tt = planner.training_time(plan, "rtx-4090", num_examples=20000, epochs=3.0, price_per_gpu_hour=2.5, utilization=0.3)
+    time_metrics_are(app, tt)
+    assert tt.cost_usd is not None and metric(app, EN("time.metric.cost")).startswith("$")
+    assert EN("time.util.given", pct="30%", default="40%") in texts(app)
+    q = app.query_params
+    assert q["examples"] == "20000" and q["epochs"] == "3" and q["price"] == "2.5" and q["util"] == "0.3"
+    rec = open_view(app, "recommend")  # one dataset: the Recommend tab has the same examples, epochs and price
+    no_exception(rec)
+    assert rec.number_input(key="rec_num_examples").value == 20000 and rec.number_input(key="rec_epochs").value == 3.0
+    assert rec.number_input(key="rec_price_per_gpu_hour").value == 2.5
+    back = open_view(rec, "plan")
+    assert back.number_input(key="time_utilization").value == 30.0
+    time_metrics_are(back, tt)
+
+
+def test_time_with_several_gpus(make_app):
+    at = make_app(gpus="4", shard="zero2", examples="8000", price="3").run()
+    no_exception(at)
+    plan = planner.estimate(MODEL, "lora", r=16, num_gpus=4, sharding="zero2", **SETTINGS)
+    tt = planner.training_time(plan, "rtx-4090", num_examples=8000, price_per_gpu_hour=3.0)
+    assert tt.num_gpus == 4
+    time_metrics_are(at, tt)
+
+
+@pytest.mark.parametrize("key, value, field", [
+    ("time_num_examples", 0, "setting.num_examples"),
+    ("time_epochs", 0.0, "setting.epochs"),
+    ("time_utilization", 0.0, "setting.utilization"),
+])
+def test_bad_time_input_is_a_message(app, key, value, field):
+    app.number_input(key=key).set_value(value).run()
+    no_exception(app)
+    errors = "\n".join(e.value for e in app.main.error)
+    assert EN("error.kind.TrainingTimeError") in errors and EN(field) in errors
+    assert not [m for m in app.metric if m.label == EN("time.metric.hours")]
+    shows_plan(app, planner.estimate(MODEL, "lora", r=16, **SETTINGS))  # the plan itself still shows
+
+
+def test_no_flops_is_a_message(app):
+    app.selectbox(key="method").set_value("vera").run()
+    no_exception(app)
+    assert planner.estimate(MODEL, "vera").flops is None
+    assert any(EN("time.no_flops", reason="").split("(")[0] in i.value for i in app.info)

@@ -129,6 +129,7 @@ def test_default_plan_in_a_real_browser(page, server, lang):
     assert MODEL in text
     assert f"{expected.trainable_params:,}" in text
     assert t("view.compare") in text and t("section.training") in text
+    assert t("time.heading") in text and t("time.metric.step_flops") in text  # the time-and-cost section
     path = _shot(page, f"plan-{lang}.png")
     assert path.stat().st_size > 10_000
 
@@ -139,3 +140,33 @@ def test_compare_tab_in_a_real_browser(page, server):
     _wait_rendered(page, metrics=False)
     assert Translator("en")("chart.compare.title") in page.inner_text("body")
     _shot(page, "compare-en.png")
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_recommend_tab_in_a_real_browser(page, server, lang):
+    t = Translator(lang)
+    page.goto(server + "/?view=recommend" + ("&lang=ko" if lang == "ko" else ""))
+    page.wait_for_selector(f"text={t('rec.rejected.heading')}", timeout=120_000)
+    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=120_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+    page.wait_for_timeout(1500)
+    text = page.inner_text("body")
+    recs = planner.recommend(MODEL, ["rtx-4090"], task="classification", num_examples=5000, seq_len=512)
+    assert t("rec.heading", model=MODEL, gpus=catalog_gpu("rtx-4090").name) in text
+    assert t("rec.apply") in text and t(f"method.{recs[0].method}.name") in text
+    assert recs[0].recommendation.inference_overhead.text(lang) in text
+    _shot(page, f"recommend-{lang}.png")
+
+
+def test_multi_gpu_plan_in_a_real_browser(page, server):
+    """Four GPUs under ZeRO-3 with offload: the sidebar's strategy selects and the host memory show."""
+    t = Translator("en")
+    page.goto(server + "/?gpus=4&shard=zero3&offload=optimizer%2Bparams")
+    page.wait_for_selector(f"text={t('metric.host')}", timeout=120_000)
+    _wait_rendered(page)
+    text = page.inner_text("body")
+    expected = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=512, gradient_checkpointing=True, num_gpus=4,
+                                sharding="zero3", offload="optimizer+params")
+    assert t("setting.sharding") in text and t("sharding.zero3") in text and t("offload.optimizer+params") in text
+    assert f"{expected.memory.host_bytes / 2**30:,.2f} GiB" in text
+    _shot(page, "plan-multi-gpu-en.png")

@@ -61,3 +61,13 @@ def test_report_bar_uses_union_of_components():
     fig = charts.report_bar({"weights": GIB, "inputs": 1}, {"weights": 2 * GIB, "logits": GIB}, t)
     assert list(fig.data[0].x) == [t("component.weights"), t("component.logits"), t("component.inputs")]
     assert list(fig.data[1].y) == [2, 1, 0]
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_flops_bar_splits_the_step(plan, lang):
+    t = Translator(lang)
+    fig = charts.flops_bar(planning.flops_split(plan.flops), t)
+    assert fig.layout.title.text == t("chart.flops.title") and fig.layout.barmode == "stack"
+    assert [tr.name for tr in fig.data] == [t(f"time.phase.{p}") for p in planning.FLOP_PHASES]
+    assert sum(tr.x[0] for tr in fig.data) == pytest.approx(plan.flops.total_flops / 1e12)
+    assert fig.data[2].x[0] == pytest.approx(plan.flops.recompute_flops / 1e12)  # checkpointing's recomputation

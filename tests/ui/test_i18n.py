@@ -14,6 +14,7 @@ import streamlit as st
 import planner
 from planner.memory.budget import BREAKDOWN_KEYS
 from planner.memory.settings import ATTN_IMPLEMENTATIONS, OPTIMIZERS
+from planner.recommend import PRIORITIES, tasks
 from ui import methods, planning, state
 from ui.i18n import LANGS, LOCALES, Translator, catalog, normalise_lang, placeholders
 
@@ -96,6 +97,14 @@ def test_every_dynamic_key_exists():
                                                      planner.TargetModulesError, planner.UnknownModelError,
                                                      planner.UnsupportedModelError, planning.ReportError)]
     needed += ["error.kind.internal", "lang.name"]
+    needed += [f"rec.priority.{p}" for p in PRIORITIES]
+    needed += [f"sharding.{v}" for v in state.SHARDINGS] + [f"offload.{v}" for v in state.OFFLOAD_CHOICES]
+    needed += [f"time.phase.{p}" for p in planning.FLOP_PHASES]
+    plan = planner.estimate("HuggingFaceTB/SmolLM2-135M", "lora")
+    needed += [f"time.part.{name}" for name in plan.flops.parts]
+    needed += [f"error.kind.{planner.timing.TrainingTimeError.__name__}"]
+    needed += [f"field.{f}" if f"field.{f}" in catalog("en") else f"setting.{f}"
+               for f in ("num_gpus", "sharding", "offload", "num_examples", "epochs", "price_per_gpu_hour", "utilization")]
     for lang in LANGS:
         missing = [k for k in needed if k not in catalog(lang)]
         assert not missing, (lang, missing)
@@ -120,6 +129,19 @@ def test_every_registered_method_has_a_label():
             assert t.get(f"method.{choice}.name", choice)
             cat = t.get(f"category.{methods.category(choice)}", methods.category(choice))
             assert t.get(f"method.{choice}.explain", t("method.generic.explain", category=cat))
+
+
+def test_every_recommend_task_has_a_label():
+    """The guide's tasks are labelled in both languages (a task added later shows the planner's description)."""
+    from ui.views import task_label
+
+    for lang in LANGS:
+        t = Translator(lang)
+        for name in ("style", "classification", "qa", "translation", "summarization", "generation", "code", "instruction"):
+            assert t.has(f"rec.task.{name}"), (lang, name)
+        for name in tasks():
+            assert task_label(t, name)
+    assert HANGUL.search(task_label(Translator("ko"), "classification"))
 
 
 def test_language_normalisation():

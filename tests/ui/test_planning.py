@@ -256,3 +256,216 @@ def test_parse_report_errors(raw):
     with pytest.raises(planning.ReportError) as info:
         planning.parse_report(raw)
     assert info.value.field == "report" and info.value.key.startswith("error.")
+
+
+# ----- recommend ------------------------------------------------------------------------------------------
+
+
+def test_recommend_for_is_planner_recommend():
+    inputs = DEFAULTS.with_(model="openai-community/gpt2", gpu="t4", task="qa", num_examples=500, priority="memory",
+                            seq_len=256, optimizer="adamw_bnb_8bit", batch_size=7, gradient_checkpointing=False)
+    out = planning.recommend_for(inputs, catalog_ref("openai-community/gpt2"))
+    assert out.ok, out.error
+    want = planner.recommend("openai-community/gpt2", ["t4"], task="qa", num_examples=500, priority="memory", seq_len=256,
+                             optimizer="adamw_bnb_8bit")
+    assert [p.recommendation for p in out.plans] == [p.recommendation for p in want]
+    assert list(out.rejected) == list(want.rejected)
+    kw = planning.recommend_kwargs(inputs, planner.load_model("openai-community/gpt2"))
+    assert not {"batch_size", "gradient_checkpointing", "gradient_accumulation_steps", "quantization"} & set(kw)
+    assert kw["seq_len"] == 256 and kw["optimizer"] == "adamw_bnb_8bit" and kw["price_per_gpu_hour"] is None
+
+
+def test_gpus_argument():
+    assert planning.gpus_arg({"id": "t4"}, 1) == ["t4"]
+    assert planning.gpus_arg({"id": "t4"}, 4) == {"t4": 4}
+    (g, n), = planning.gpus_arg({"custom_gib": 12.0}, 2).items()
+    assert n == 2 and g.memory_bytes == 12 * 2**30
+    assert planning.gpu_descriptor(DEFAULTS.with_(gpu="custom", gpu_memory_gib=40.0)) == {"custom_gib": 40.0}
+
+
+@pytest.mark.parametrize("model,gpu,task,n", [
+    ("openai-community/gpt2", "t4", "qa", 500),
+    ("HuggingFaceTB/SmolLM2-135M", "l4", "code", 200),
+    ("HuggingFaceTB/SmolLM2-135M", "t4", "generation", 50000),
+])
+def test_applied_plan_is_the_recommended_plan(model, gpu, task, n):
+    """Applying a recommendation to the sidebar's inputs plans exactly the recommended plan."""
+    inputs = DEFAULTS.with_(model=model, gpu=gpu, task=task, num_examples=n, method="ia3", options={}, batch_size=3)
+    ref = catalog_ref(model)
+    out = planning.recommend_for(inputs, ref)
+    assert out.ok and out.plans
+    for plan in out.plans:
+        new = planning.applied_inputs(plan, inputs, ref.spec())
+        assert new is not None and new.view == "plan" and new.task == task
+        got = estimate_for(new, ref)
+        assert got.ok, (plan.method, got.error)
+        assert got.plan.trainable_params == plan.trainable_params, plan.method
+        assert got.plan.memory.device_bytes == plan.recommendation.device_bytes, plan.method
+        # the recommended Plan was estimated without accumulation (it does not change memory); the sidebar gets it
+        assert got.plan.settings.gradient_accumulation_steps == plan.recommendation.gradient_accumulation_steps
+        assert got.plan.settings.model_copy(update={"gradient_accumulation_steps": 1}) == plan.settings.model_copy(
+            update={"gradient_accumulation_steps": 1}), plan.method
+        values = planning.applied_widget_values(new, ref.spec())
+        assert values["method"] == new.method and values["use_adapter_json"] is False
+        assert "model" not in values and "lang" not in values
+
+
+# ----- several GPUs --------------------------------------------------------------------------------------------
+
+
+def test_multi_gpu_settings_reach_the_planner():
+    inputs = DEFAULTS.with_(gpu_count=4, sharding="zero3", offload="optimizer+params")
+    out = estimate_for(inputs, catalog_ref(MODEL))
+    assert out.ok, out.error
+    expected = planner.estimate(MODEL, "lora", r=16, batch_size=1, seq_len=512, gradient_checkpointing=True,
+                                num_gpus=4, sharding="zero3", offload="optimizer+params")
+    assert out.plan.memory == expected.memory and out.plan.memory.host_bytes > 0
+    assert out.plan.settings.num_gpus == 4 and out.plan.settings.sharding == "zero3"
+    spec = planner.load_model(MODEL)
+    assert planning.settings_kwargs(DEFAULTS.with_(sharding="zero3", offload="optimizer"), spec, "reparameterization").keys() \
+        == planning.settings_kwargs(DEFAULTS, spec, "reparameterization").keys()  # one GPU: no strategy sent
+    kw = planning.settings_kwargs(DEFAULTS.with_(gpu_count=2), spec, "reparameterization")
+    assert (kw["num_gpus"], kw["sharding"], kw["offload"]) == (2, "ddp", None)
+
+
+def test_multi_gpu_errors_name_their_field():
+    out = planning.run_estimate(catalog_ref(MODEL), "lora", {}, {"num_gpus": 2, "sharding": "ddp", "offload": "optimizer"})
+    assert not out.ok and out.error.field == "offload"
+    out = planning.run_estimate(catalog_ref(MODEL), "lora", {}, {"num_gpus": 0})
+    assert not out.ok and out.error.field == "num_gpus"
+    from ui.sidebar import section_for
+
+    assert section_for("offload") == section_for("sharding") == section_for("num_gpus") == "gpu"
+
+
+def test_unmodelled_strategy_keeps_its_reason():
+    plan = estimate_for(DEFAULTS.with_(method="qlora", quantization="nf4", gpu_count=2, sharding="zero3"),
+                        catalog_ref(MODEL)).plan
+    assert plan.memory is None and "not modelled" in planning.memory_reason(plan)
+    assert planning.verdict(plan, catalog_gpu("rtx-4090")).status == "unknown" and planning.host_bytes(plan) == 0
+    assert planning.memory_reason(estimate_for(DEFAULTS, catalog_ref(MODEL)).plan) is None
+
+
+def test_compare_and_sweep_with_sharding():
+    inputs = DEFAULTS.with_(gpu_count=2, sharding="fsdp_full_shard")
+    gpu = catalog_gpu("rtx-4090")
+    settings = dict(batch_size=1, seq_len=512, gradient_checkpointing=True, num_gpus=2, sharding="fsdp_full_shard")
+    rows = {r.key: r for r in planning.compare(inputs, catalog_ref(MODEL), gpu, choices=["lora", "full"])}
+    assert rows["full"].outcome.plan.memory == planner.estimate(MODEL, "full", **settings).memory
+    s = planning.sweep(inputs, catalog_ref(MODEL), gpu, "seq_len", values=[256, 512, 1024])
+    swept = planner.sweep(MODEL, "lora", r=16, batch_size=1, seq_len=[256, 512, 1024], gradient_checkpointing=True,
+                          num_gpus=2, sharding="fsdp_full_shard")
+    assert [o.plan.memory.device_bytes for _, o in s.points] == [int(x) for x in swept["device_bytes"]]
+
+
+@pytest.mark.parametrize("inputs", [
+    DEFAULTS.with_(gpu_count=2),
+    DEFAULTS.with_(gpu_count=4, sharding="zero2", offload="optimizer"),
+    DEFAULTS.with_(gpu_count=8, sharding="zero3", offload="optimizer+params", optimizer="sgd"),
+    DEFAULTS.with_(method="full", options={}, gpu_count=8, sharding="fsdp_full_shard", offload="optimizer+params"),
+    DEFAULTS.with_(gpu_count=2, sharding="fsdp_shard_grad_op", gradient_checkpointing=False),
+    DEFAULTS.with_(method="qlora", options={"r": 64}, quantization="nf4", gpu_count=2, sharding="zero1"),
+])
+def test_python_snippet_with_several_gpus(inputs):
+    plan = estimate_for(inputs, catalog_ref(MODEL)).plan
+    code = planning.python_snippet(inputs, catalog_ref(MODEL), plan)
+    tree = ast.parse(code)
+    assert f"torchrun --nproc_per_node {inputs.gpu_count} train.py" in code
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "TrainingArguments")
+    kw = {k.arg: k.value for k in call.keywords}
+    if inputs.sharding.startswith("zero"):
+        ds = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ds_config")
+        cfg = ast.literal_eval(ds)
+        assert cfg == planning.deepspeed_config(inputs.sharding, None if inputs.offload == "none" else inputs.offload,
+                                                inputs.optimizer)
+        zero = cfg["zero_optimization"]
+        assert zero["stage"] == int(inputs.sharding[-1]) and ast.unparse(kw["deepspeed"]) == "ds_config"
+        assert ("offload_optimizer" in zero) == (inputs.offload != "none")
+        assert ("offload_param" in zero) == (inputs.offload == "optimizer+params")
+        assert ast.literal_eval(kw["bf16"]) is True  # DeepSpeed's bf16 engine for a bf16 model
+        if inputs.sharding == "zero3":  # ZeRO-3 partitions at load: TrainingArguments before from_pretrained
+            assert code.index("args = TrainingArguments(") < code.index(".from_pretrained(")
+    elif inputs.sharding.startswith("fsdp"):
+        assert ast.literal_eval(kw["fsdp"]) is True
+        fsdp = ast.literal_eval(kw["fsdp_config"])
+        assert fsdp["version"] == 2 and fsdp["reshard_after_forward"] == (inputs.sharding == "fsdp_full_shard")
+        assert fsdp.get("cpu_offload", False) == (inputs.offload != "none")
+    else:
+        assert "deepspeed" not in kw and "fsdp" not in kw
+    if inputs.method == "qlora":  # each process loads its quantized copy onto its own GPU
+        assert 'device_map={"": int(os.environ.get("LOCAL_RANK", 0))}' in code and "import os" in code
+
+
+def test_python_snippet_for_one_gpu_has_no_strategy():
+    code = planning.python_snippet(DEFAULTS, catalog_ref(MODEL), estimate_for(DEFAULTS, catalog_ref(MODEL)).plan)
+    assert "torchrun" not in code and "deepspeed" not in code and "fsdp" not in code and "import os" not in code
+
+
+def test_plan_document_with_sharding_and_time():
+    inputs = DEFAULTS.with_(gpu_count=4, sharding="zero3", offload="optimizer+params", num_examples=10000, epochs=2.0,
+                            price_per_gpu_hour=2.0, utilization=0.3)
+    model, gpu = catalog_ref(MODEL), catalog_gpu("a100-80gb")
+    plan = estimate_for(inputs, model).plan
+    timed = planning.time_for_inputs(inputs, plan, gpu)
+    doc = json.loads(json.dumps(planning.plan_document(inputs, model, plan, gpu, verdict(plan, gpu), timed)))
+    assert doc["estimate_args"]["num_gpus"] == 4 and doc["estimate_args"]["sharding"] == "zero3"
+    assert doc["estimate_args"]["offload"] == "optimizer+params"
+    assert doc["gpu"]["count"] == 4 and doc["gpu"]["sharding"] == "zero3" and doc["gpu"]["offload"] == "optimizer+params"
+    assert doc["verdict"]["host_bytes"] == plan.memory.host_bytes > 0
+    assert doc["plan"]["memory"]["host_bytes"] == plan.memory.host_bytes
+    expected = planner.training_time(plan, gpu, num_examples=10000, epochs=2.0, price_per_gpu_hour=2.0, utilization=0.3)
+    assert doc["training_time"]["args"] == {"gpu": "a100-80gb", "num_examples": 10000, "epochs": 2.0,
+                                            "price_per_gpu_hour": 2.0, "utilization": 0.3}
+    assert doc["training_time"]["result"]["hours"] == expected.hours and doc["training_time"]["result"]["num_gpus"] == 4
+    one = planning.plan_document(DEFAULTS, model, estimate_for(DEFAULTS, model).plan, gpu, None)
+    assert one["gpu"]["sharding"] is None and one["training_time"] is None and "num_gpus" not in one["estimate_args"]
+
+
+def test_applied_multi_gpu_plan_keeps_its_strategy():
+    recs = planner.recommend(MODEL, {"rtx-4090": 4}, task="classification", num_examples=5000, seq_len=512)
+    ref = catalog_ref(MODEL)
+    for plan in recs:
+        new = planning.applied_inputs(plan, DEFAULTS.with_(gpu_count=4), ref.spec())
+        assert (new.gpu_count, new.sharding, new.offload) == (4, plan.recommendation.sharding, "none")
+        got = estimate_for(new, ref).plan
+        assert got.memory.device_bytes == plan.recommendation.device_bytes, plan.method
+        assert planning.applied_widget_values(new, ref.spec())["sharding"] == plan.recommendation.sharding
+
+
+# ----- time and cost -------------------------------------------------------------------------------------------
+
+
+def test_training_time_is_the_planners():
+    plan = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan
+    gpu = catalog_gpu("rtx-4090")
+    timed = planning.training_time_for(plan, gpu, num_examples=5000, epochs=1.0, price_per_gpu_hour=None,
+                                       utilization=0.4)
+    assert timed.ok and timed.time == planner.training_time(plan, gpu, num_examples=5000)
+    assert timed.time.utilization_source != "given"  # the default goes as None: the source is the planner's
+    given = planning.training_time_for(plan, gpu, num_examples=5000, epochs=2.0, price_per_gpu_hour=1.5, utilization=0.25)
+    assert given.time.utilization_source == "given" and given.time.cost_usd == pytest.approx(given.time.gpu_hours * 1.5)
+    split = dict(planning.flops_split(plan.flops))
+    assert sum(split.values()) == plan.flops.total_flops
+    parts = dict(planning.flops_parts(plan.flops))
+    assert sum(p["total"] for p in parts.values()) == plan.flops.total_flops
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(num_examples=0), "num_examples"), (dict(epochs=0.0), "epochs"), (dict(utilization=0.0), "utilization"),
+    (dict(utilization=1.5), "utilization"), (dict(price_per_gpu_hour=-1.0), "price_per_gpu_hour"),
+])
+def test_training_time_errors_are_values_with_their_field(kwargs, field):
+    plan = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan
+    args = dict(num_examples=100, epochs=1.0, price_per_gpu_hour=None, utilization=0.4) | kwargs
+    timed = planning.training_time_for(plan, catalog_gpu("rtx-4090"), **args)
+    assert not timed.ok and timed.error.field == field and timed.error.kind == "TrainingTimeError"
+
+
+def test_training_time_on_a_custom_gpu_or_without_flops():
+    plan = estimate_for(DEFAULTS, catalog_ref(MODEL)).plan
+    timed = planning.training_time_for(plan, planner.custom_gpu(memory_gib=24), num_examples=10, epochs=1.0,
+                                       price_per_gpu_hour=None, utilization=0.4)
+    assert not timed.ok and timed.error.field == "gpu"
+    vera = DEFAULTS.with_(method="vera", options={})
+    plan = estimate_for(vera, catalog_ref(MODEL)).plan
+    assert plan.flops is None and "vera" in planning.flops_reason(vera, catalog_ref(MODEL), plan)

@@ -31,6 +31,11 @@ def test_bundled_default_is_a_bare_url():
     DEFAULTS.with_(method="partial", options={"last_k_layers": 4, "train_lm_head": True}, dtype="float32",
                    mixed_precision="bf16", gradient_accumulation_steps=8),
     DEFAULTS.with_(gpu="custom", gpu_memory_gib=40.5, gpu_count=8, adapter_dtype="bfloat16", view="explore"),
+    DEFAULTS.with_(gpu_count=4, sharding="zero3", offload="optimizer+params", gpu="a100-80gb"),
+    DEFAULTS.with_(method="full", options={}, gpu_count=8, sharding="fsdp_full_shard", offload="optimizer+params"),
+    DEFAULTS.with_(gpu_count=2, sharding="zero2", offload="optimizer", utilization=0.25, num_examples=120000,
+                   epochs=3.0, price_per_gpu_hour=1.75),
+    DEFAULTS.with_(gpu_count=2, sharding="fsdp_shard_grad_op", utilization=0.335),
     DEFAULTS.with_(adapter_config={"peft_type": "LORA", "r": 32, "target_modules": ["q_proj"]}, view="export"),
 ])
 def test_round_trip(inputs):
@@ -138,3 +143,90 @@ def test_inputs_are_frozen_values():
     with pytest.raises(Exception):
         a.batch_size = 3  # type: ignore[misc]
     assert a.with_(batch_size=3).batch_size == 3 and a.batch_size == 1
+
+
+def test_recommend_inputs_round_trip():
+    inputs = DEFAULTS.with_(task="code", num_examples=200, priority="speed", epochs=2.5, effective_batch_size=32,
+                            price_per_gpu_hour=1.99, view="recommend")
+    query = to_query(inputs)
+    assert query == {"view": "recommend", "task": "code", "examples": "200", "priority": "speed", "epochs": "2.5",
+                     "ebatch": "32", "price": "1.99"}
+    assert from_query(query) == (inputs, [])
+    assert "price" not in to_query(DEFAULTS.with_(price_per_gpu_hour=None))
+    assert from_query({"price": "0"})[0].price_per_gpu_hour == 0.0
+
+
+def test_bad_recommend_parameters_are_ignored_and_named():
+    inputs, ignored = from_query({"task": "poetry", "examples": "0", "priority": "cheap", "epochs": "nan",
+                                  "ebatch": "-2", "price": "-1"})
+    assert inputs == DEFAULTS
+    assert sorted(ignored) == ["ebatch", "epochs", "examples", "price", "priority", "task"]
+
+
+def test_recommend_values_kept_in_session_state():
+    keys = state.RECOMMEND_WIDGETS
+    stored = {state.stored_key(keys["task"]): "qa", state.stored_key(keys["num_examples"]): 750,
+              state.stored_key(keys["epochs"]): 0.0, state.stored_key(keys["price_per_gpu_hour"]): None}
+    values = state.recommend_values(stored)
+    assert values["task"] == "qa" and values["num_examples"] == 750
+    assert values["epochs"] == DEFAULTS.epochs  # invalid: back to the default
+    assert values["price_per_gpu_hour"] is None and values["priority"] == "quality"
+    w = widget_values(DEFAULTS.with_(task="qa"))
+    assert w[state.stored_key(keys["task"])] == "qa"
+
+
+# ----- several GPUs, time and cost --------------------------------------------------------------------------
+
+
+def test_sharding_and_offload_in_the_url():
+    inputs = DEFAULTS.with_(gpu_count=4, sharding="zero3", offload="optimizer")
+    assert to_query(inputs) == {"gpus": "4", "shard": "zero3", "offload": "optimizer"}
+    assert to_query(DEFAULTS.with_(gpu_count=4)) == {"gpus": "4"}  # DDP, nothing offloaded: the defaults
+    # one GPU: no strategy (the sidebar does not show it), so the link does not carry one
+    assert to_query(DEFAULTS.with_(sharding="zero3", offload="optimizer")) == {}
+
+
+@pytest.mark.parametrize("query, ignored", [
+    ({"shard": "zero3"}, ["shard"]),  # needs several GPUs
+    ({"gpus": "1", "shard": "zero2", "offload": "optimizer"}, ["shard", "offload"]),
+    ({"gpus": "2", "offload": "optimizer"}, ["offload"]),  # DDP has no offload
+    ({"gpus": "2", "shard": "zero2", "offload": "optimizer+params"}, ["offload"]),  # parameters: ZeRO-3 / FSDP only
+    ({"gpus": "2", "shard": "fsdp_full_shard", "offload": "optimizer"}, ["offload"]),  # FSDP offloads both or nothing
+    ({"gpus": "2", "shard": "zero4"}, ["shard"]),
+    ({"gpus": "2", "shard": "zero3", "offload": "gpu"}, ["offload"]),
+    ({"util": "0"}, ["util"]), ({"util": "1.5"}, ["util"]), ({"util": "nan"}, ["util"]), ({"util": "40%"}, ["util"]),
+])
+def test_bad_multi_gpu_and_time_parameters_are_named(query, ignored):
+    inputs, got = from_query(query)
+    assert sorted(got) == sorted(ignored)
+    assert inputs.sharding in ("ddp", query.get("shard")) and inputs.offload == "none"
+    assert inputs.utilization == DEFAULTS.utilization
+
+
+def test_valid_offloads_are_the_planners():
+    import planner
+
+    assert state.valid_offloads("ddp") == ("none",) and state.valid_offloads("fsdp_shard_grad_op") == ("none",)
+    assert state.valid_offloads("zero1") == state.valid_offloads("zero2") == ("none", "optimizer")
+    assert state.valid_offloads("zero3") == ("none", "optimizer", "optimizer+params")
+    assert state.valid_offloads("fsdp_full_shard") == ("none", "optimizer+params")
+    for sharding in state.SHARDINGS:
+        for offload in ("optimizer", "optimizer+params"):
+            ok = offload in state.valid_offloads(sharding)
+            try:
+                planner.estimate("HuggingFaceTB/SmolLM2-135M", "lora", num_gpus=2, sharding=sharding, offload=offload)
+            except planner.PlannerError as exc:
+                assert not ok and exc.field == "offload", (sharding, offload)
+            else:
+                assert ok, (sharding, offload)
+
+
+def test_time_values_kept_in_session_state():
+    stored = {state.kept_key("utilization"): 0.3, state.kept_key("num_examples"): 0, state.kept_key("epochs"): 2.0}
+    values = state.tab_values(stored)
+    assert values["utilization"] == 0.3 and values["epochs"] == 2.0
+    assert values["num_examples"] == DEFAULTS.num_examples  # invalid (0): the default goes to the link
+    assert state.tab_values({state.kept_key("utilization"): 0.0})["utilization"] == DEFAULTS.utilization
+    assert state.kept_key("num_examples") == state.stored_key(state.RECOMMEND_WIDGETS["num_examples"])  # shared
+    w = widget_values(DEFAULTS.with_(utilization=0.25, gpu_count=2, sharding="zero1", offload="optimizer"))
+    assert w[state.kept_key("utilization")] == 0.25 and w["sharding"] == "zero1" and w["offload"] == "optimizer"

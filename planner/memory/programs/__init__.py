@@ -14,7 +14,19 @@ from planner.methods.base import MethodPlan
 
 #: Methods whose effect on the forward pass the programs replay.
 REPLAYED_METHODS = frozenset({"full", "lora", "qlora", "dora", "rslora", "ia3", "bitfit", "partial", "prompt_tuning",
-                              "p_tuning"})
+                              "p_tuning", "prefix_tuning"})
+#: Families whose programs replay ``attn_implementation="flash_attention_2"`` (transformers'
+#: ``flash_attention_forward``: no mask, keys / values at their KV-head count, fp32 inputs cast to
+#: the model dtype, the kernel's saved tensors).
+FLASH_ATTENTION_2_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2"})
+FLASH_ATTENTION_2_NOTE = (
+    "flash_attention_2 is modelled, not measured (no flash-attn on the validation machines): transformers' FA2 "
+    "path builds no mask and keeps keys / values at their KV-head count; the kernel saves q, k, v, its output and an "
+    "fp32 log-sum-exp; flash-attn's backward workspaces are not replayed (error band +-5%)")
+#: Families whose programs replay prompt tuning / P-tuning (virtual tokens prepended to the inputs).
+PROMPT_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
+#: Families whose programs replay prefix tuning's key/value prefixes (PEFT's ``DynamicCache``).
+PREFIX_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2", "phi3", "mixtral"})
 
 
 class Program:
@@ -29,12 +41,40 @@ class Program:
             return self.module.buffer_bytes(ctx)
         return 2 * round_alloc(ctx.spec.head_dim // 2 * DTYPE_BYTES["float32"])
 
+    def extrapolates(self, ctx) -> bool:
+        """Whether blocks 1.. replay identically (the module's ``extrapolates(ctx)`` or
+        ``EXTRAPOLATES``, default True), so that two short replays give the slope."""
+        fn = getattr(self.module, "extrapolates", None)
+        if fn is not None:
+            return bool(fn(ctx))
+        return bool(getattr(self.module, "EXTRAPOLATES", True))
+
+    def regime(self, ctx, batch, seq):
+        """For a vectorised sweep: an int array labelling points that replay different code (e.g. a
+        mask built only from some sequence length on), or None when one replay covers them all."""
+        import numpy as np
+
+        fn = getattr(self.module, "regime", None)
+        own = None if fn is None else fn(ctx, batch, seq)
+        # batch 1 runs different code in several programs (a reshape that is a view only when B == 1:
+        # _ops_extra.bmm_operand / broadcast_operand), so batch-1 points always replay on their own
+        single = (np.asarray(batch) == 1).astype(np.int64)
+        if own is None:
+            return single if single.any() else None
+        return np.asarray(own, dtype=np.int64) * 2 + single
+
     def notes(self, ctx) -> list[str]:
-        return list(ctx.unsupported)
+        notes = list(ctx.unsupported)
+        if ctx.settings.attn_implementation == "flash_attention_2":
+            notes.append(FLASH_ATTENTION_2_NOTE)
+        return notes
 
     def error_band(self, ctx) -> float:
+        from planner.constants import FLASH_ATTENTION_2_ERROR_BAND
         from planner.memory.model import REPLAYED_ERROR_BAND
 
+        if ctx.settings.attn_implementation == "flash_attention_2":
+            return FLASH_ATTENTION_2_ERROR_BAND
         return REPLAYED_ERROR_BAND
 
 
@@ -45,22 +85,40 @@ def unsupported_reason(spec, plan: MethodPlan, settings) -> str | None:
     if plan.method not in REPLAYED_METHODS:
         return (f"memory is not modelled for {plan.method} yet (replayed methods: "
                 f"{', '.join(sorted(REPLAYED_METHODS))}); parameter counts and the adapter file are exact")
+    if plan.virtual_tokens and spec.model_type not in PROMPT_FAMILIES:
+        return (f"memory of {plan.method} (virtual tokens prepended to the input) is not modelled for model_type "
+                f"{spec.model_type!r} yet (replayed for {', '.join(sorted(PROMPT_FAMILIES))})")
+    if plan.method == "prefix_tuning":
+        if settings.gradient_checkpointing:
+            return ("prefix tuning with gradient checkpointing does not run: PEFT raises 'PREFIX_TUNING does not work "
+                    "with gradient checkpointing' (checkpointed layers drop the prefix cache)")
+        if spec.model_type not in PREFIX_FAMILIES:
+            return (f"memory of prefix tuning is not modelled for model_type {spec.model_type!r} yet (replayed for "
+                    f"{', '.join(sorted(PREFIX_FAMILIES))})")
     if settings.mixed_precision:
         return "memory under autocast mixed precision (fp32 weights) is not modelled yet; use dtype='bfloat16'"
     if settings.attn_implementation == "flash_attention_2":
-        return "memory with flash_attention_2 is not modelled yet; sdpa takes the same flash kernel on CUDA"
+        if spec.model_type not in FLASH_ATTENTION_2_FAMILIES:
+            return (f"memory with flash_attention_2 is not modelled for model_type {spec.model_type!r} yet (modelled for "
+                    f"{', '.join(sorted(FLASH_ATTENTION_2_FAMILIES))}); sdpa takes the same flash kernel on CUDA")
+        if settings.dtype == "float32" and not settings.quantized_4bit:
+            return ("flash_attention_2 runs in float16 / bfloat16 only: with float32 weights (no autocast) flash-attn "
+                    "raises; load the model in bfloat16 or use sdpa")
     if (settings.quantization or {}).get("load_in_8bit"):
         return "memory with 8-bit (LLM.int8) base weights is not modelled yet; 4-bit (QLoRA) is"
     if spec.model_type not in _family_modules():
         return f"memory is not modelled for model_type {spec.model_type!r} yet"
+    if getattr(settings, "sharding", None) is not None:
+        from planner.memory.parallel import unsupported_reason as parallel_reason
+
+        return parallel_reason(spec, plan, settings)
     return None
 
 
 def program_for(spec, plan: MethodPlan, settings) -> Program | None:
     if unsupported_reason(spec, plan, settings) is not None:
         return None
-    if plan.method not in REPLAYED_METHODS or settings.mixed_precision or settings.attn_implementation == "flash_attention_2" \
-            or (settings.quantization or {}).get("load_in_8bit"):
+    if plan.method not in REPLAYED_METHODS or settings.mixed_precision or (settings.quantization or {}).get("load_in_8bit"):
         return None
     module = _family_modules().get(spec.model_type)
     return Program(module) if module is not None else None

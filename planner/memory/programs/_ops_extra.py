@@ -177,6 +177,25 @@ def sdpa(sim: Sim, q: Tensor, k: Tensor, v: Tensor, *, batch, heads: int, q_len,
     return out
 
 
+def flash_attention_2(sim: Sim, q: Tensor, k: Tensor, v: Tensor, *, batch, heads: int, q_len, head_dim: int,
+                      target_dtype: str) -> Tensor:
+    """transformers' ``flash_attention_forward`` (integrations/flash_attention.py) into flash-attn 2:
+    ``transpose(1, 2)`` of q, k, v (views: the kernel needs only a unit last stride);
+    ``fa_peft_integration_check`` casts fp32 q, k, v to ``target_dtype`` (the fp32 residual stream of
+    4-bit loading); no mask (causal and sliding windows are kernel arguments), keys / values at their
+    KV-head count; ``FlashAttnFunc`` saves q, k, v, the output, the fp32 log-sum-exp (B, heads, L)
+    and an int64 RNG state; backward returns fresh dq, dk, dv (cast back where the inputs were cast).
+    The output (B, L, heads, head_dim) reshapes to the o_proj input without a copy."""
+    if q.dtype == "float32" and target_dtype != "float32":
+        q, k, v = (ops.cast(sim, t, target_dtype) for t in (q, k, v))
+    out = ops.sdpa(sim, q, k, v, batch=batch, heads=heads, q_len=q_len, head_dim=head_dim)
+    if out.grad_fn is not None:
+        rng_state = sim.tensor(2, "int64")
+        sim.save_more(out.grad_fn, rng_state)
+        del rng_state
+    return out
+
+
 def add_inplace(sim: Sim, a: Tensor, b: Tensor) -> Tensor:
     """``a += b``: no allocation (the result is ``a``'s storage); the gradient is handed to both."""
     out = View(sim, a, a.numel, rg=a.rg or b.rg)

@@ -81,14 +81,19 @@ def apply_rotary_cat(ctx: Context, x: Tensor, cos: Tensor, sin: Tensor) -> Tenso
 
 def sdpa(ctx: Context, q: Tensor, k: Tensor, v: Tensor, batch, seq, *, q_head_major: bool,
          mask: Tensor | None = None) -> Tensor:
-    """``sdpa_attention_forward``: the fused kernel, then ``attn_output.transpose(1, 2).contiguous()``,
+    """``sdpa_attention_forward``: with a mask and fewer key/value heads than query heads, ``repeat_kv``
+    copies (``use_gqa_in_sdpa`` needs no mask); the fused kernel, then ``attn_output.transpose(1, 2).contiguous()``,
     a copy when ``q`` was laid out head-major (a ``cat`` / contiguous (B, H, L, D) tensor: the
     kernel's output follows the query's layout); none when ``q`` is a transposed view."""
     sim, spec = ctx.sim, ctx.spec
+    groups = spec.num_attention_heads // spec.num_key_value_heads
+    if mask is not None and groups > 1:  # use_gqa_in_sdpa is False with a mask: repeat_kv copies
+        k = ops.expand_copy(sim, k, groups)
+        v = ops.expand_copy(sim, v, groups)
     bias = sdpa_bias(ctx, mask, batch, seq, q.dtype)
     out = sdpa_op(sim, q, k, v, batch=batch, heads=spec.num_attention_heads, q_len=seq, head_dim=spec.head_dim,
                   bias=bias)
-    del bias
+    del bias, k, v
     if q_head_major:
         c = copy_passthrough(sim, out)
         del out
@@ -98,7 +103,7 @@ def sdpa(ctx: Context, q: Tensor, k: Tensor, v: Tensor, batch, seq, *, q_head_ma
 
 def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch, seq, *, q_view: bool,
           k_view: bool, v_view: bool, softmax_fp32: bool = True, dropout: float = 0.0,
-          scale_first: bool = False) -> tuple[Tensor, Tensor]:
+          scale_first: bool = False, kv_len=None) -> tuple[Tensor, Tensor]:
     """``eager_attention_forward`` (llama-style): ``matmul(q, k^T) * scaling`` (+ mask), softmax
     (fp32 then ``.to(q.dtype)`` when ``softmax_fp32``), dropout, ``@ v``, ``transpose(1, 2)
     .contiguous()``. ``matmul`` copies an operand that is a strided view (``*_view``) to reshape it
@@ -110,7 +115,7 @@ def eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, ba
     vr = ops.expand_copy(sim, v, groups)
     qc = bmm_operand(sim, q, batch) if q_view else q  # matmul's reshape copies are temporaries
     kc = bmm_operand(sim, kr, batch) if (k_view and groups == 1) else kr
-    n_scores = batch * spec.num_attention_heads * seq * seq
+    n_scores = batch * spec.num_attention_heads * seq * (seq if kv_len is None else kv_len)
     s = ops.matmul(sim, qc, kc, n_scores)
     del qc, kc
     s2 = ops.mul(sim, s, None)
@@ -141,20 +146,28 @@ def decoder_forward(ctx: Context, decoder_layer, batch, seq):
     """``XForCausalLM.forward`` of a rotary decoder with a KV cache and a (sliding-window) causal
     mask (phi3, mixtral): embeddings, cos / sin, the blocks, the final RMSNorm, the loss.
     ``decoder_layer(ctx, x, n, cos, sin, mask, cache, batch, seq)``."""
-    from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
-                                                  run_layers, sliding_window_mask)
+    from planner.memory.programs._decoder import (KVCache, causal_lm_loss, embeddings_output, prefix_cache, run_layers,
+                                                  sliding_window_bool_mask, sliding_window_mask)
 
     sim, spec = ctx.sim, ctx.spec
     ids = sim.tensor(batch * seq, "int64", category="inputs")
     labels = sim.tensor(batch * seq, "int64", category="inputs")
-    cache = KVCache(ctx)
+    # prefix tuning: PeftModelForCausalLM.forward builds the prefix cache (get_prompt) first
+    cache = KVCache(ctx, prefix_cache(ctx, batch) if ctx.plan.prefix_tokens else None)
+    kv_len = seq + cache.prefix_len
     w = ctx.param("model.embed_tokens")
     inputs_embeds = embeddings_output(ctx, ops.embedding(sim, ids, spec.hidden_size, w, w.dtype))
     arange = sim.tensor(seq, "int64", category="inputs")
     position_ids = sim.tensor(seq, "int64", category="inputs")
     del arange
-    if ctx.settings.attn_implementation == "eager":
-        mask = eager_causal_mask(ctx, batch, seq)
+    if ctx.settings.attn_implementation == "eager":  # the bool mask, then an additive (B, 1, L, P + L) one
+        b = sim.tensor(seq * kv_len, "bool", category="inputs")
+        mask = sim.tensor(batch * seq * kv_len, ctx.stream_dtype, category="inputs")
+        del b
+    elif cache.prefix_len:  # a prefix offsets the queries: the mask is always built
+        sliding = spec.config.get("sliding_window")
+        mask = (sliding_window_bool_mask(ctx, seq, kv_len) if sliding
+                else sim.tensor(seq * kv_len, "bool", category="inputs"))
     else:
         mask = sliding_window_mask(ctx, seq)
     h = inputs_embeds

@@ -14,7 +14,7 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
-                                               require_attn)
+                                               require_attn, run_block)
 from planner.memory.programs._ops_extra import _grad, bmm_operand, slices, softmax_to
 from planner.memory.sim import Tensor
 
@@ -140,7 +140,7 @@ def forward(ctx: Context, batch, seq):
 
     outputs = None
     for n in ctx.layer_indices:
-        h = sim.checkpoint(lambda x, n=n: fn(x, n), h) if gc else fn(h, n)
+        h = run_block(ctx, n, lambda x, n=n: fn(x, n), h)
         outputs = holder.pop("probs")  # ``outputs = block(...)``: the previous tuple dies now
     h = _ln(ctx, h, "transformer.ln_f")
     del outputs, inputs_embeds  # BloomModel.forward returns

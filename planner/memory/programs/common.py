@@ -6,6 +6,7 @@ from typing import Any
 
 from planner.memory import ops
 from planner.memory.modules import Context
+from planner.memory.programs._decoder import prefix_cache, run_block
 
 
 def causal_lm_forward(ctx: Context, prog: Any, batch: Any, seq: Any):
@@ -15,6 +16,8 @@ def causal_lm_forward(ctx: Context, prog: Any, batch: Any, seq: Any):
     sim, spec = ctx.sim, ctx.spec
     ids = sim.tensor(batch * seq, "int64", category="inputs")
     labels = sim.tensor(batch * seq, "int64", category="inputs")
+    # prefix tuning: PeftModelForCausalLM.forward builds the prefix cache (get_prompt) first
+    prefix = prefix_cache(ctx, batch) if ctx.plan.prefix_tokens else None
     h = prog.embed(ctx, ids)
     n_virtual = ctx.plan.virtual_tokens
     peft_frame = None
@@ -23,14 +26,16 @@ def causal_lm_forward(ctx: Context, prog: Any, batch: Any, seq: Any):
     inputs_embeds = h  # LlamaModel.forward keeps ``inputs_embeds`` bound until it returns
     # position_ids = arange(L) (+ the int64 range transformers builds for the mask / cache position)
     positions = (sim.tensor(seq, "int64", category="inputs"), sim.tensor(seq, "int64", category="inputs"))
-    shared = prog.Shared(ctx, batch, seq)
+    shared = prog.Shared(ctx, batch, seq, prefix)
+    del prefix  # now held by the cache only
     for n in ctx.layer_indices:
         def layer(x, n=n):
             return prog.decoder_layer(ctx, x, n, shared, batch, seq)
 
-        h = sim.checkpoint(layer, h) if ctx.settings.gradient_checkpointing else layer(h)
+        h = run_block(ctx, n, layer, h)
     h = prog.final(ctx, h)
     del inputs_embeds, positions
+    cache = getattr(shared, "cache", None)  # the model output holds the KV cache until forward returns
     if not ctx.settings.gradient_checkpointing:
         del shared  # checkpointed layers keep cos / sin (and the mask) for their recomputation
     sim.category = "logits"
@@ -40,7 +45,7 @@ def causal_lm_forward(ctx: Context, prog: Any, batch: Any, seq: Any):
     # ForCausalLMLoss: labels padded by one (B x (L+1)), shifted copy (B x L) kept by nll_loss
     padded = sim.tensor(batch * (seq + 1), "int64", category="inputs")
     loss = ops.cross_entropy(sim, l32, spec.vocab_size, batch * seq)
-    del padded, l32, logits, h, peft_frame
+    del padded, l32, logits, h, peft_frame, cache
     sim.category = "activations"
     return loss, {"batch": (ids, labels), "graph": locals().get("shared")}
 

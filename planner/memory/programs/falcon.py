@@ -18,7 +18,7 @@ from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs import _rope
 from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output,
-                                               require_attn, sdpa_bias)
+                                               require_attn, run_block, sdpa_bias)
 from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.programs._ops_extra import (add_inplace, bmm_operand, broadcast_operand, copy_passthrough, index_copy,
                                                  sdpa_math, slices)
@@ -197,7 +197,7 @@ def forward(ctx: Context, batch, seq):
 
     outputs = None
     for n in ctx.layer_indices:
-        h = sim.checkpoint(lambda x, n=n: fn(x, n), h) if gc else fn(h, n)
+        h = run_block(ctx, n, lambda x, n=n: fn(x, n), h)
         outputs = holder.pop("w")  # ``outputs = block(...)``: the previous block's tuple dies now
     h = _ln(ctx, h, "transformer.ln_f")
     del outputs, inputs_embeds, position_ids  # FalconModel.forward returns

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from planner.memory import ops
 from planner.memory.modules import Context
-from planner.memory.programs._decoder import (KVCache, causal_lm_loss, eager_causal_mask, embeddings_output, require_attn,
+from planner.memory.programs._decoder import (KVCache, causal_lm_loss, embeddings_output, prefix_cache, require_attn,
                                                run_layers)
+from planner.memory.programs._ops_extra import flash_attention_2
+from planner.memory.programs._ops_extra import sdpa as sdpa_with_bias
 from planner.memory.programs._ops_extra import activation as act_fn, bmm_operand, split
 from planner.memory.sim import Tensor
 
@@ -34,18 +36,31 @@ def activation(ctx: Context, x: Tensor) -> Tensor:
     return act_fn(ctx.sim, x, str(ctx.spec.config.get("activation_function") or "gelu_new"))
 
 
-def attention(ctx: Context, x: Tensor, prefix: str, mask: Tensor | None, cache: KVCache, batch, seq):
+def attention(ctx: Context, x: Tensor, prefix: str, mask: Tensor | None, cache: KVCache, batch, seq, layer: int = 0):
     """``GPT2Attention.forward``; returns ``(attn_output, attn_weights)`` as it does (eager returns
     the dropped-out probabilities, which the block binds to ``_`` until it returns)."""
     sim, spec = ctx.sim, ctx.spec
     qkv = ctx.linear(x, f"{prefix}.c_attn")
     q, k, v = split(sim, qkv, [qkv.numel // 3] * 3)
     del qkv
-    k, v = cache.update(k, v)
+    k, v = cache.update(k, v, layer)
+    kv_len = seq + cache.prefix_len
     if ctx.settings.attn_implementation == "eager":
-        out, weights = _eager(ctx, q, k, v, mask, batch, seq, kv_contiguous=cache.enabled)
-    else:  # sdpa (dropout inside the fused kernel on CUDA)
+        out, weights = _eager(ctx, q, k, v, mask, batch, seq, kv_contiguous=cache.enabled, kv_len=kv_len)
+    elif ctx.settings.attn_implementation == "flash_attention_2":  # dropout inside the kernel (RNG state only)
+        out = flash_attention_2(sim, q, k, v, batch=batch, heads=spec.num_attention_heads, q_len=seq,
+                                head_dim=spec.head_dim, target_dtype=ctx.settings.dtype)
+        weights = None
+    elif mask is None:  # sdpa (dropout inside the fused kernel on CUDA)
         out = ops.sdpa(sim, q, k, v, batch=batch, heads=spec.num_attention_heads, q_len=seq, head_dim=spec.head_dim)
+        weights = None
+    else:  # a prefix cache: SDPA gets the (1, 1, L, P + L) bool mask and converts it per call
+        inverted = sim.tensor(batch * mask.numel, "bool")
+        bias = sim.tensor(batch * mask.numel, q.dtype)
+        del inverted
+        out = sdpa_with_bias(sim, q, k, v, batch=batch, heads=spec.num_attention_heads, q_len=seq,
+                             head_dim=spec.head_dim, bias=bias)
+        del bias
         weights = None
     o = ctx.linear(out, f"{prefix}.c_proj")
     del out
@@ -54,7 +69,7 @@ def attention(ctx: Context, x: Tensor, prefix: str, mask: Tensor | None, cache: 
 
 
 def _eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch, seq, *,
-           kv_contiguous: bool):
+           kv_contiguous: bool, kv_len=None):
     """``eager_attention_forward``: ``matmul(q, k^T)``, ``* scaling``, ``+ mask``, softmax in the
     input dtype, dropout (bool mask), ``@ v``, transpose and a copying ``reshape``. ``matmul``
     reshapes its operands to 3-D: a view of the fused ``c_attn`` output is copied when B > 1 (the copy is
@@ -62,7 +77,7 @@ def _eager(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, b
     sim, spec = ctx.sim, ctx.spec
     qc = bmm_operand(sim, q, batch)
     kc = k if kv_contiguous else bmm_operand(sim, k, batch)
-    n_scores = batch * spec.num_attention_heads * seq * seq
+    n_scores = batch * spec.num_attention_heads * seq * (seq if kv_len is None else kv_len)
     s = ops.matmul(sim, qc, kc, n_scores)
     del qc, kc
     s2 = ops.mul(sim, s, None)
@@ -100,7 +115,7 @@ def block(ctx: Context, h: Tensor, n: int, mask, cache: KVCache, batch, seq) -> 
     residual = h
     hs = ops.layer_norm(sim, h, hidden, ctx.param(f"{p}.ln_1"), ctx.param(f"{p}.ln_1", "bias"))
     del h
-    attn_output, _ = attention(ctx, hs, f"{p}.attn", mask, cache, batch, seq)
+    attn_output, _ = attention(ctx, hs, f"{p}.attn", mask, cache, batch, seq, n)
     hs = ops.add(sim, attn_output, residual)
     residual = hs
     hs = ops.layer_norm(sim, hs, hidden, ctx.param(f"{p}.ln_2"), ctx.param(f"{p}.ln_2", "bias"))
@@ -118,7 +133,9 @@ def forward(ctx: Context, batch, seq):
     hidden = spec.hidden_size
     ids = sim.tensor(batch * seq, "int64", category="inputs")
     labels = sim.tensor(batch * seq, "int64", category="inputs")
-    cache = KVCache(ctx)
+    # prefix tuning: PeftModelForCausalLM.forward builds the prefix cache (get_prompt) first
+    cache = KVCache(ctx, prefix_cache(ctx, batch) if ctx.plan.prefix_tokens else None)
+    kv_len = seq + cache.prefix_len
     # GPT2Model.forward
     wte = ctx.param("transformer.wte")
     inputs_embeds = embeddings_output(ctx, ops.embedding(sim, ids, hidden, wte, wte.dtype))
@@ -128,7 +145,13 @@ def forward(ctx: Context, batch, seq):
     wpe = ctx.param("transformer.wpe")
     position_embeds = ops.embedding(sim, position_ids, hidden, wpe, wpe.dtype)
     h = ops.add(sim, inputs_embeds, position_embeds)
-    mask = eager_causal_mask(ctx, batch, seq) if ctx.settings.attn_implementation == "eager" else None
+    if ctx.settings.attn_implementation == "eager":  # create_causal_mask: (B, 1, L, P + L) additive
+        b = sim.tensor(seq * kv_len, "bool", category="inputs")
+        mask = sim.tensor(batch * seq * kv_len, ctx.stream_dtype, category="inputs")
+        del b
+    else:  # SDPA: is_causal, unless a prefix cache offsets the queries: a (1, 1, L, P + L) bool mask
+        mask = sim.tensor(seq * kv_len, "bool", category="inputs") if (
+            cache.prefix_len and ctx.settings.attn_implementation == "sdpa") else None  # FA2: never a mask
     h = ops.dropout(sim, h, _p(ctx, "embd_pdrop", 0.1))
 
     def layer(x, n, mask=mask):

@@ -20,11 +20,14 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs import _rope
-from planner.memory.programs._decoder import KVCache, require_attn
+from planner.memory.programs._decoder import KVCache, require_attn, sliding_regime
 from planner.memory.programs._ops_extra import View, _grad, split
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("mixtral",)
+
+#: Sweeps crossing ``sliding_window`` replay each side apart (the SDPA mask exists from there on).
+regime = sliding_regime
 
 
 def buffer_bytes(ctx: Context) -> int:
@@ -43,7 +46,7 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
     if ctx.settings.attn_implementation == "eager":
         out, weights = _rope.eager(ctx, q_embed, k_embed, v, mask, batch, seq, q_view=True,
                                    k_view=not cache.enabled, v_view=not cache.enabled,
-                                   dropout=float(spec.config.get("attention_dropout") or 0.0))
+                                   dropout=float(spec.config.get("attention_dropout") or 0.0), kv_len=seq + cache.prefix_len)
     else:
         out = _rope.sdpa(ctx, q_embed, k_embed, v, batch, seq, q_head_major=False, mask=mask)
         weights = None

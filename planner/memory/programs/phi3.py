@@ -12,12 +12,15 @@ from __future__ import annotations
 from planner.memory import ops
 from planner.memory.modules import Context
 from planner.memory.programs import _rope
-from planner.memory.programs._decoder import KVCache, require_attn
+from planner.memory.programs._decoder import KVCache, require_attn, sliding_regime
 from planner.memory.programs._ops_extra import activation as act_fn
 from planner.memory.programs._ops_extra import slices, split
 from planner.memory.sim import Tensor
 
 MODEL_TYPES = ("phi3",)
+
+#: Sweeps crossing ``sliding_window`` replay each side apart (the SDPA mask exists from there on).
+regime = sliding_regime
 
 
 def buffer_bytes(ctx: Context) -> int:
@@ -41,7 +44,7 @@ def attention(ctx: Context, x: Tensor, prefix: str, cos, sin, mask, cache: KVCac
     k_embed, v = cache.update(k_embed, v)
     if ctx.settings.attn_implementation == "eager":
         out, weights = _rope.eager(ctx, q_embed, k_embed, v, mask, batch, seq, q_view=False, k_view=False,
-                                   v_view=not cache.enabled, dropout=_p(ctx, "attention_dropout"))
+                                   v_view=not cache.enabled, dropout=_p(ctx, "attention_dropout"), kv_len=seq + cache.prefix_len)
     else:
         out = _rope.sdpa(ctx, q_embed, k_embed, v, batch, seq, q_head_major=True, mask=mask)
         weights = None

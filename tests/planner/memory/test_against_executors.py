@@ -23,7 +23,8 @@ QWEN3 = dict(TINY, model_type="qwen3", head_dim=48, num_hidden_layers=3)
 GEMMA = dict(TINY, model_type="gemma", hidden_act="gelu_pytorch_tanh", head_dim=64, tie_word_embeddings=True)
 BIAS = dict(TINY, attention_bias=True)
 
-SETTINGS_KEYS = ("batch_size", "seq_len", "dtype", "gradient_checkpointing", "attn_implementation", "optimizer")
+SETTINGS_KEYS = ("batch_size", "seq_len", "dtype", "gradient_checkpointing", "attn_implementation", "optimizer",
+                 "gradient_accumulation_steps")
 
 CASES = [
     ("lora-qv", TINY, "lora", dict(r=8, target_modules=["q_proj", "v_proj"]), dict(batch_size=2, seq_len=64)),
@@ -46,6 +47,18 @@ CASES = [
     ("partial", TINY, "partial", dict(last_k_layers=1), dict(batch_size=2, seq_len=64)),
     ("prompt-tuning", TINY, "prompt_tuning", dict(num_virtual_tokens=20), dict(batch_size=2, seq_len=64)),
     ("p-tuning-mlp", TINY, "p_tuning", dict(num_virtual_tokens=8, encoder_hidden_size=32), dict(batch_size=2, seq_len=64)),
+    # checkpointing makes the embeddings' output require grad for every model (transformers'
+    # enable_input_require_grads): the backward runs through frozen blocks down to the embeddings
+    ("partial-gc", TINY, "partial", dict(last_k_layers=1), dict(batch_size=2, seq_len=64, gradient_checkpointing=True)),
+    ("bitfit-gc", BIAS, "bitfit", {}, dict(batch_size=2, seq_len=64, gradient_checkpointing=True)),
+    ("prompt-tuning-gc", TINY, "prompt_tuning", dict(num_virtual_tokens=20), dict(batch_size=2, seq_len=64,
+                                                                                    gradient_checkpointing=True)),
+    # gradient accumulation: micro-step 2 runs with every .grad of micro-step 1 resident
+    ("full-accum2", TINY, "full", {}, dict(batch_size=2, seq_len=64, gradient_accumulation_steps=2)),
+    ("full-gc-accum3", TINY, "full", {}, dict(batch_size=2, seq_len=64, gradient_checkpointing=True,
+                                              gradient_accumulation_steps=3)),
+    ("lora-accum2", TINY, "lora", dict(r=8, target_modules="all-linear"), dict(batch_size=2, seq_len=64,
+                                                                                gradient_accumulation_steps=2)),
     ("qwen3-lora", QWEN3, "lora", dict(r=8, target_modules="all-linear"), dict(batch_size=2, seq_len=64)),
     ("gemma-lora", GEMMA, "lora", dict(r=8, target_modules="all-linear"), dict(batch_size=2, seq_len=64)),
 ]

@@ -89,3 +89,15 @@ def test_trainable_tokens_bad_options(options, field):
     with pytest.raises(planner.MethodConfigError) as err:
         planner.estimate("openai-community/gpt2", method="trainable_tokens", **options)
     assert err.value.field.split(".")[0] == field  # a bad list item is reported as token_indices.<i>
+
+
+def test_trainable_tokens_untied_t5_head_shares_the_embedding_delta():
+    """flan-t5 keeps a separate lm_head (tie_word_embeddings false in its config.json), but
+    transformers 5 forces T5Config.tie_word_embeddings=True, so PEFT wraps the targeted head as a
+    layer tied to the embedding's adapter: one delta, not two (PEFT 0.21.2 on the model built from
+    the config with the untied head, as executors build it)."""
+    spec = planner.load_model("google/flan-t5-xl")
+    assert spec.tie_word_embeddings is False
+    plan = check("google/flan-t5-xl", "trainable_tokens", token_indices=[1, 2], target_modules=["lm_head", "shared"])
+    assert plan.trainable_params == 2 * spec.hidden_size
+    assert any("forces tie_word_embeddings" in n for n in plan.notes)
