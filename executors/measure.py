@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping
@@ -109,10 +110,23 @@ class Measurement:
     error: str | None = None
     failed_phase: str | None = None
     notes: tuple[str, ...] = ()
+    #: cuda mode only: wall seconds of each completed step (all its micro-steps' forward + backward, then
+    #: the optimizer step and zero_grad), read after ``torch.cuda.synchronize()``; empty otherwise.
+    step_seconds: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.oom
+
+    @property
+    def step_s(self) -> float | None:
+        """Seconds per training step on the GPU: the median of :attr:`step_seconds` after the first
+        (warm-up: CUDA context, kernel selection, the optimizer state's allocation); None with fewer
+        than 2 completed steps or outside cuda mode. It includes the per-phase synchronisation and peak
+        counter reads of the memory measurement (microseconds a phase), so it slightly overstates a
+        free-running step."""
+        timed = self.step_seconds[1:]
+        return float(statistics.median(timed)) if timed else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,15 +136,51 @@ class Measurement:
 # MemTracker, adapted
 
 
-def run_phase(phase: str, model, batch: dict, optimizer, loss):
+MixedPrecision = Literal["bf16", "fp16"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Autocast:
+    """Mixed precision as ``Trainer(bf16=True)`` / ``fp16=True`` runs it: fp32 weights, the forward
+    and the loss under ``torch.autocast(device_type, dtype)`` (weight-cast cache on, the default),
+    backward and optimizer outside; fp16 adds a ``GradScaler`` (scaled loss, ``unscale_`` then
+    ``step`` / ``update``)."""
+
+    device_type: str
+    dtype: torch.dtype
+    scaler: Any = None
+
+
+def make_autocast(mixed_precision: "MixedPrecision | None", device_type: str) -> Autocast | None:
+    if mixed_precision is None:
+        return None
+    if mixed_precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or None, got {mixed_precision!r}")
+    scaler = torch.amp.GradScaler(device_type) if mixed_precision == "fp16" else None
+    return Autocast(device_type, AUTOCAST_DTYPES[mixed_precision], scaler)
+
+
+def run_phase(phase: str, model, batch: dict, optimizer, loss, autocast: Autocast | None = None):
     """One phase of the reference training step; returns the loss still alive after it (dropping
     the reference after backward frees the graph, as ``del loss`` would)."""
     if phase == "forward":
-        return model(**batch).loss
+        if autocast is None:
+            return model(**batch).loss
+        with torch.autocast(autocast.device_type, dtype=autocast.dtype):
+            return model(**batch).loss
     if phase == "backward":
-        loss.backward()
+        if autocast is not None and autocast.scaler is not None:
+            autocast.scaler.scale(loss).backward()
+        else:
+            loss.backward()
         return None
-    optimizer.step()
+    if autocast is not None and autocast.scaler is not None:
+        autocast.scaler.unscale_(optimizer)
+        autocast.scaler.step(optimizer)
+        autocast.scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return None
 
@@ -529,7 +579,8 @@ def schedule(accumulation: int = 1) -> list[str]:
 
 
 def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], steps: int,
-               on_phase: Callable[[int, Phase, Any], None] | None = None, accumulation: int = 1) -> list[PhasePeak]:
+               on_phase: Callable[[int, Phase, Any], None] | None = None, accumulation: int = 1,
+               autocast: Autocast | None = None) -> list[PhasePeak]:
     """Run ``steps`` training steps (each ``accumulation`` micro-steps) under a fresh PhaseMemTracker
     each; return per-phase peaks."""
     tracker_cls = _make_tracker_class()
@@ -550,7 +601,7 @@ def _run_steps(built: BuiltModel, optimizer: torch.optim.Optimizer, batch: dict[
                 tracker.restart_peak()
                 if on_phase is not None:
                     on_phase(step, phase, None)
-                loss = run_phase(phase, model, batch, optimizer, loss)
+                loss = run_phase(phase, model, batch, optimizer, loss, autocast)
                 peak, snap = tracker.phase_peak()
                 results.append(PhasePeak(step=step, phase=phase, peak_bytes=peak, breakdown=snap))
     return results
@@ -607,21 +658,30 @@ def measure_step(
     seed: int = 0,
     emulation: CudaEmulation = CudaEmulation(),
     gradient_accumulation_steps: int = 1,
+    mixed_precision: MixedPrecision | None = None,
 ) -> Measurement:
     """Peak memory of ``steps`` training steps (forward+labels, backward, optimizer step, zero_grad).
 
     ``config`` is a config.json mapping; the other arguments are those of
     :func:`executors.build.build_model` plus the batch (``batch_size`` x ``seq_len``; T5: source
     ``seq_len`` and target ``target_len``, default equal) and the optimizer (TrainingArguments.optim
-    name). Errors and out-of-memory come back in the result, never as exceptions.
+    name). ``mixed_precision`` ("bf16" / "fp16", with ``dtype="float32"`` weights) runs the forward
+    under autocast as the Trainer does (see :class:`Autocast`); the CPU modes use CPU autocast, whose
+    casts match CUDA's for the llama ops (checked once with fake CUDA tensors; see the report of
+    issue 4). Errors and out-of-memory come back in the result, never as exceptions.
     """
+    if mixed_precision is not None:
+        if mixed_precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or None, got {mixed_precision!r}")
+        if resolve_dtype(dtype) != torch.float32:
+            raise ValueError("mixed_precision needs fp32 weights (dtype='float32')")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
     resolve_dtype(dtype)
     settings = dict(batch_size=batch_size, seq_len=seq_len, target_len=target_len or seq_len, dtype=dtype,
                     gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
                     optimizer=optimizer, steps=steps, seed=seed, emulation=asdict(emulation),
-                    gradient_accumulation_steps=gradient_accumulation_steps,
+                    gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
                     peft_type=(dict(peft_config).get("peft_type") if peft_config else None),
                     quantization=dict(quantization) if quantization else None)
     settings["peft_type"] = str(getattr(settings["peft_type"], "value", settings["peft_type"])) if settings[
@@ -656,7 +716,8 @@ def _measure_cpu(config, build_kwargs, batch_size, seq_len, target_len, optimize
         with _cuda_behaviour(emulation):
             details = _run_steps(built, opt, batch, steps,
                                  on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"),
-                                 accumulation=settings["gradient_accumulation_steps"])
+                                 accumulation=settings["gradient_accumulation_steps"],
+                                 autocast=make_autocast(settings["mixed_precision"], "cpu"))
     except Exception as exc:  # a failed step is a result
         error = f"{type(exc).__name__}: {exc}"
         failed = phase_now[-1] if phase_now else "setup"
@@ -672,6 +733,10 @@ def _measure_fake(config, build_kwargs, batch_size, seq_len, target_len, optimiz
     built = build_model(config, device="meta", **build_kwargs)
     counts = count(built)  # before materialising: PEFT counts Params4bit by class (numel * 2)
     notes = _settings_notes(built, optimizer, emulation, "fake", build_kwargs["attn_implementation"])
+    if settings["mixed_precision"] == "fp16":
+        return _summarise("fake", [], built, time.perf_counter() - t0, settings, notes, counts,
+                          error="NotImplementedError: fp16's GradScaler reads found_inf in step() (data-dependent "
+                                "under FakeTensorMode); use mode='cpu' on a small config")
     if optimizer in ("adamw_bnb_8bit", "paged_adamw_8bit"):
         return _summarise("fake", [], built, time.perf_counter() - t0, settings, notes, counts,
                           error="NotImplementedError: bitsandbytes 8-bit optimizers read tensor values in step() "
@@ -694,7 +759,8 @@ def _measure_fake(config, build_kwargs, batch_size, seq_len, target_len, optimiz
             with _cuda_behaviour(emulation):
                 details = _run_steps(built, opt, batch, steps,
                                      on_phase=lambda step, phase, _: phase_now.append(f"step {step} {phase}"),
-                                     accumulation=settings["gradient_accumulation_steps"])
+                                     accumulation=settings["gradient_accumulation_steps"],
+                                     autocast=make_autocast(settings["mixed_precision"], "cpu"))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         failed = phase_now[-1] if phase_now else "build"
@@ -718,7 +784,9 @@ def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimiz
     batch = make_batch(built, batch_size, seq_len, target_len, dev, gen)
     opt = make_optimizer(optimizer, built.trainable_parameters())
     model = built.peft_model_or_model
+    autocast = make_autocast(settings["mixed_precision"], "cuda")
     details: list[PhasePeak] = []
+    step_seconds: list[float] = []
     reserved = 0
     error, oom, failed = None, False, None
     torch.cuda.synchronize(dev)
@@ -726,15 +794,19 @@ def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimiz
     try:
         loss = None
         for step in range(1, steps + 1):
+            torch.cuda.synchronize(dev)
+            step_t0 = time.perf_counter()
             for phase in schedule(settings["gradient_accumulation_steps"]):
                 failed = f"step {step} {phase}"
                 torch.cuda.reset_peak_memory_stats(dev)
-                loss = run_phase(phase, model, batch, opt, loss)
+                loss = run_phase(phase, model, batch, opt, loss, autocast)
                 torch.cuda.synchronize(dev)
                 peak = torch.cuda.max_memory_allocated(dev)
                 reserved = max(reserved, torch.cuda.max_memory_reserved(dev))
                 details.append(PhasePeak(step=step, phase=phase, peak_bytes=peak,
                                          breakdown={**dict.fromkeys(BREAKDOWN_KEYS, 0), "other": peak}))
+            torch.cuda.synchronize(dev)
+            step_seconds.append(time.perf_counter() - step_t0)
         failed = None
     except torch.cuda.OutOfMemoryError as exc:
         oom = True
@@ -744,4 +816,4 @@ def _measure_cuda(config, build_kwargs, batch_size, seq_len, target_len, optimiz
         error = f"{type(exc).__name__}: {exc}"
     notes.append("cuda mode: no per-category breakdown; the allocator peak is reported under 'other'")
     return _summarise("cuda", details, built, time.perf_counter() - t0, settings, notes, reserved_peak_bytes=reserved,
-                      oom=oom, error=error, failed_phase=failed)
+                      oom=oom, error=error, failed_phase=failed, step_seconds=tuple(step_seconds))

@@ -580,7 +580,33 @@ def _measured_dict(m: Any) -> dict[str, Any]:
         "trainable_params": m.trainable_params, "total_params": m.total_params, "wall_s": round(m.wall_s, 3),
         "oom": m.oom, "error": m.error, "failed_phase": m.failed_phase, "notes": list(m.notes),
         "partial_peak_bytes": m.peak_bytes if not m.ok else None,
+        **_step_time(m),
     }
+
+
+def _step_time(m: Any) -> dict[str, Any]:
+    """cuda runs only: ``step_s`` (seconds per training step, the median after the warm-up step;
+    None with fewer than 2 steps), ``step_seconds`` (every step) and ``device_name`` (the GPU's name).
+    Other modes time nothing: the keys are absent, as in reports written before they existed."""
+    if getattr(m, "mode", None) != "cuda":
+        return {}
+    step_s = getattr(m, "step_s", None)
+    out: dict[str, Any] = {"step_s": None if step_s is None else round(step_s, 6),
+                           "step_seconds": [round(x, 6) for x in getattr(m, "step_seconds", ())],
+                           "device_name": None}
+    try:
+        import torch
+
+        out["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - the name is a label; its absence is not an error
+        pass
+    return out
+
+
+def step_time(result: Mapping[str, Any]) -> float | None:
+    """A case result's measured seconds per step, or None (not a cuda run, or too few steps)."""
+    v = (result.get("measured") or {}).get("step_s")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
 
 
 def _trainable(plan: Any, m: Any) -> dict[str, Any]:
@@ -738,6 +764,12 @@ def human(n: int | None) -> str:
     return f"{sign}{n} B"
 
 
+def seconds(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else ("inf" if math.isinf(x) else f"{x * 100:+.1f}%")
 
@@ -781,6 +813,9 @@ def format_case(result: dict[str, Any]) -> str:
                   f"effect {mc['adapter_effect']:.2e})" if "rel_max_diff" in mc else f": {mc.get('reason', '')}")
         lines.append(f"merge identity: {mc.get('status')}{detail}")
     meas = result.get("measured") or {}
+    if step_time(result) is not None:
+        lines.append(f"step time: {seconds(step_time(result))} per step (median after the warm-up step"
+                     + (f", {meas['device_name']}" if meas.get("device_name") else "") + ")")
     for note in meas.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -812,9 +847,10 @@ def markdown_summary(report: dict[str, Any]) -> str:
                + f"; merge identity: " + ", ".join(f"{v} {k}" for k, v in sorted(s["merge_check"].items()))
                + f". Total wall time {s['wall_s']:.0f} s.")
     out.append("")
+    timed = any(step_time(r) is not None for r in report["cases"])
     out.append("| case | model | method | batch x seq | dtype | gc | attn | estimated | measured | error | "
-               "trainable (planner = PEFT) | status |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+               + ("step time | " if timed else "") + "trainable (planner = PEFT) | status |")
+    out.append("|---" * (13 if timed else 12) + "|")
     for r in report["cases"]:
         inp = r["inputs"]
         model = inp["model"] if isinstance(inp["model"], str) else inp["model"].get("model_type", "config")
@@ -833,7 +869,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('message') or ''}"
         out.append(f"| {r['id']} | {model} | {method} | {inp['batch_size']} x {inp['seq_len']} | {inp['dtype']} | "
                    f"{'on' if inp['gradient_checkpointing'] else 'off'} | {inp['attn_implementation']} | {human(est)} | "
-                   f"{human(meas)} | {pct(rel)} | {tnum} ({tmark}) | {status.replace('|', '/')} |")
+                   f"{human(meas)} | {pct(rel)} | " + (f"{seconds(step_time(r))} | " if timed else "")
+                   + f"{tnum} ({tmark}) | {status.replace('|', '/')} |")
     out.append("")
     unavailable = [r for r in report["cases"] if not (r.get("estimated") or {}).get("available")]
     if unavailable:
@@ -841,6 +878,10 @@ def markdown_summary(report: dict[str, Any]) -> str:
         out += [f"- {r['id']}: {(r.get('estimated') or {}).get('error')}" for r in unavailable]
         out.append("")
     out += ["Components: " + COMPARABILITY_NOTE, ""]
+    if timed:
+        out += ["Step time: wall seconds of one training step on the GPU (forward, backward, optimizer step; "
+                "`torch.cuda.synchronize()` before each clock read), the median of the steps after the first "
+                "(warm-up).", ""]
     return "\n".join(out)
 
 

@@ -301,12 +301,13 @@ def time_kwargs(num_examples: Any, epochs: Any, price_per_gpu_hour: Any, utiliza
             "utilization": utilization}
 
 
-def training_time_for(plan: planner.Plan, gpu: GPU, **kwargs: Any) -> Timed:
+def training_time_for(plan: planner.Plan, gpu: GPU, measured_step_s: float | None = None, **kwargs: Any) -> Timed:
     """``planner.training_time(plan, gpu, **time_kwargs(...))`` with errors as values (the planner's
     ``TrainingTimeError`` names the input: ``num_examples``, ``epochs``, ``price_per_gpu_hour``,
-    ``utilization``, ``gpu``); the number of GPUs is the plan's own."""
+    ``utilization``, ``gpu``); the number of GPUs is the plan's own. ``measured_step_s`` (a validation
+    report's step time for this case) adds the ``measured_*`` fields."""
     try:
-        return Timed(planner.training_time(plan, gpu, **time_kwargs(**kwargs)))
+        return Timed(planner.training_time(plan, gpu, **time_kwargs(**kwargs), measured_step_s=measured_step_s))
     except planner.PlannerError as exc:
         return Timed(error=failure_from(exc))
     except Exception as exc:  # noqa: BLE001 - a planner bug must not become a traceback on the page
@@ -862,38 +863,66 @@ VALIDATE_OPTION_FLAGS = {"r": "--r", "lora_alpha": "--lora-alpha", "num_virtual_
 def validate_command(inputs: Inputs, model: ModelRef, plan: planner.Plan | None = None) -> str:
     """The executors' reality check for exactly these choices on a CUDA machine
     (``python -m executors.validate ... --device cuda --json report.json``)."""
+    return " ".join(_shell_quote(p) for p in _validate_parts(inputs, model)[0])
+
+
+def validate_case(inputs: Inputs, model: ModelRef) -> dict[str, Any]:
+    """The case ``inputs`` the report of :func:`validate_command` records (``executors.validate.Case.inputs()``
+    of its arguments; ``model`` is ``config.json`` and ``peft_config`` the pasted adapter_config.json where those
+    were uploaded). Built by the same code as the command, so the two cannot disagree."""
+    return _validate_parts(inputs, model)[1]
+
+
+def _validate_parts(inputs: Inputs, model: ModelRef) -> tuple[list[str], dict[str, Any]]:
     parts = ["python", "-m", "executors.validate", "--model", "config.json" if model.uploaded else inputs.model]
+    case: dict[str, Any] = {"model": parts[-1], "method": "lora", "options": {}, "peft_config": None,
+                            "config_overrides": {}}
     if inputs.adapter_config is not None:
         parts += ["--peft-config", "adapter_config.json"]
+        case["peft_config"] = json.loads(json.dumps(inputs.adapter_config))
     else:
         parts += ["--method", inputs.method]
+        case["method"] = inputs.method
         _, options = method_arg(inputs)
         if "r" in inputs.options and "r" in methods.field_map(inputs.method):
             options = {"r": inputs.options["r"], **options}  # the rank always spelled out, even at PEFT's default
         for name, value in options.items():
             if name in VALIDATE_OPTION_FLAGS:
-                parts += [VALIDATE_OPTION_FLAGS[name], f"{value:g}" if isinstance(value, float) else str(value)]
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                parts += [VALIDATE_OPTION_FLAGS[name], text]
+                case["options"][name] = float(text) if name == "lora_alpha" else int(text)
             elif name == "target_modules" and (value == "all-linear" or isinstance(value, list)):
                 parts += ["--target-modules", value if isinstance(value, str) else ",".join(value)]
+                case["options"][name] = value if isinstance(value, str) else [str(v) for v in value]
             else:
-                parts += ["--option", f"{name}={json.dumps(value, separators=(',', ':'))}"]
+                text = json.dumps(value, separators=(',', ':'))
+                parts += ["--option", f"{name}={text}"]
+                case["options"][name] = json.loads(text)
     parts += ["--batch-size", str(int(inputs.batch_size)), "--seq-len", str(int(inputs.seq_len))]
+    case.update(batch_size=int(inputs.batch_size), seq_len=int(inputs.seq_len), target_len=None, dtype="bfloat16",
+                gradient_checkpointing=bool(inputs.gradient_checkpointing), attn_implementation="sdpa",
+                optimizer="adamw_torch", quantization=None)
     if inputs.target_len and model.spec().is_encoder_decoder:
         parts += ["--target-len", str(int(inputs.target_len))]
+        case["target_len"] = int(inputs.target_len)
     if inputs.dtype != "bfloat16":
         parts += ["--dtype", inputs.dtype]
+        case["dtype"] = inputs.dtype
     if inputs.gradient_checkpointing:
         parts.append("--gradient-checkpointing")
     if inputs.attn_implementation != "sdpa":
         parts += ["--attn-implementation", inputs.attn_implementation]
+        case["attn_implementation"] = inputs.attn_implementation
     if inputs.optimizer != "adamw_torch":
         parts += ["--optimizer", inputs.optimizer]
+        case["optimizer"] = inputs.optimizer
     q = quantization_kwargs(inputs, method_category(inputs))
     qname = None if q is None else ("int8" if q.get("load_in_8bit") else q["bnb_4bit_quant_type"])
     if qname != ("nf4" if inputs.method == "qlora" and inputs.adapter_config is None else None):
         parts += ["--quantization", qname or "none"]
+        case["quantization"] = qname or "none"
     parts += ["--device", "cuda", "--json", "report.json"]
-    return " ".join(_shell_quote(p) for p in parts)
+    return parts, case
 
 
 def _shell_quote(s: str) -> str:
@@ -912,6 +941,14 @@ class ReportRow:
     estimated_breakdown: dict[str, int] = field(default_factory=dict)
     measured_reserved: int | None = None
     estimated_reserved: int | None = None
+    #: measured seconds per training step (``measured.step_s``: cuda runs of executors.validate), else None
+    step_s: float | None = None
+    device: str | None = None  # the GPU it ran on (``measured.device_name``, else the report's cuda device)
+    inputs: dict[str, Any] | None = None  # the case as executors.validate records it (``inputs``), if given
+    trainable_params: int | None = None  # the planner's counts in the report (``estimated``), if given
+    total_params: int | None = None
+    #: ``measured.step_s`` present but not a number of seconds > 0 (ignored); shown as a message
+    bad_step_s: str | None = None
 
     @property
     def error(self) -> float | None:
@@ -952,6 +989,80 @@ def _breakdown(v: Any) -> dict[str, int]:
     return {str(k): int(x) for k, x in v.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
 
 
+def _seconds(v: Any) -> tuple[float | None, str | None]:
+    """(seconds, None) for a finite number > 0; (None, None) when absent; (None, the value's text) otherwise."""
+    if v is None:
+        return None, None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return float(v), None
+    return None, json.dumps(v)[:40]
+
+
+def _cuda_device_name(data: Any) -> str | None:
+    """``environment.device.name`` where the report ran on CUDA (``environment.device.kind == "cuda"``)."""
+    env = data.get("environment") if isinstance(data, Mapping) else None
+    dev = env.get("device") if isinstance(env, Mapping) else None
+    if isinstance(dev, Mapping) and dev.get("kind") == "cuda" and isinstance(dev.get("name"), str) and dev["name"]:
+        return dev["name"]
+    return None
+
+
+#: Settings an executors.validate case cannot express: a report row never matches a plan that changes them.
+_UNVALIDATED_DEFAULTS = {"mixed_precision": "none", "adapter_dtype": "float32", "gradient_accumulation_steps": 1,
+                         "gpu_count": 1}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def _case_key(case: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an executors.validate case that decide what is measured, normalised."""
+    out = {k: case.get(k) for k in ("batch_size", "seq_len", "target_len", "gradient_checkpointing",
+                                    "attn_implementation", "optimizer")}
+    out["dtype"] = _DTYPE_ALIASES.get(str(case.get("dtype", "bfloat16")), str(case.get("dtype", "bfloat16")))
+    q = case.get("quantization")
+    out["quantization"] = None if q in (None, "none") else (q.lower() if isinstance(q, str) else q)
+    out["gradient_checkpointing"] = bool(out["gradient_checkpointing"])
+    if case.get("peft_config") is not None:
+        out["peft_config"] = json.loads(json.dumps(case["peft_config"], sort_keys=True, default=str))
+    else:
+        out["method"] = str(case.get("method") or "lora").lower()
+        out["options"] = json.loads(json.dumps(case.get("options") or {}, sort_keys=True, default=str))
+    return out
+
+
+def report_match(rows: Iterable[ReportRow], inputs: Inputs, model: ModelRef, plan: planner.Plan) -> ReportRow | None:
+    """The first report row that measured exactly the case :func:`validate_command` gives for these inputs
+    (same model, method and options or adapter config, batch, lengths, dtype, checkpointing, attention,
+    optimizer and quantization; no config overrides; the planner's parameter counts equal where the report
+    has them). None where no row does, or where the plan changes a setting the executors cannot run
+    (mixed precision, a 16-bit adapter dtype, gradient accumulation, several GPUs): a measured step of
+    another case is never shown as this plan's."""
+    if any(getattr(inputs, k) != v for k, v in _UNVALIDATED_DEFAULTS.items()):
+        return None
+    try:
+        want = validate_case(inputs, model)
+    except Exception:  # noqa: BLE001 - no command, no match (the Export tab shows why)
+        return None
+    key = _case_key(want)
+    for row in rows:
+        got = row.inputs
+        if not got or got.get("config_overrides"):
+            continue
+        if model.uploaded:  # any path to the config; the counts below must then say it is the same model
+            if row.total_params is None or row.trainable_params is None:
+                continue
+        elif got.get("model") != want["model"]:
+            continue
+        if (row.total_params is not None and row.total_params != plan.total_params) or \
+                (row.trainable_params is not None and row.trainable_params != plan.trainable_params):
+            continue
+        try:
+            if _case_key(got) == key:
+                return row
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
 def parse_report(raw: bytes | str) -> list[ReportRow]:
     """Rows of an ``executors.validate --json`` report (one case or a list / ``results`` of cases)."""
     if len(raw) > MAX_REPORT_BYTES:
@@ -962,6 +1073,7 @@ def parse_report(raw: bytes | str) -> list[ReportRow]:
     except json.JSONDecodeError as exc:
         raise ReportError("error.json", field="report", msg=exc.msg, line=exc.lineno, col=exc.colno) from None
     rows = []
+    report_device = _cuda_device_name(data)
     for i, rec in enumerate(_records(data)):
         m, e = rec.get("measured"), rec.get("estimated")
         if not isinstance(m, Mapping) or not isinstance(e, Mapping):
@@ -973,9 +1085,15 @@ def parse_report(raw: bytes | str) -> list[ReportRow]:
         label = " · ".join(str(inp[k]) for k in ("model", "method") if isinstance(inp.get(k), (str, int)))
         if isinstance(rec.get("id"), (str, int)) and str(rec["id"]) not in ("cli", ""):
             label = f"{rec['id']}: {label}" if label else str(rec["id"])
+        step_s, bad = _seconds(m.get("step_s"))
+        device = m.get("device_name") if isinstance(m.get("device_name"), str) and m.get("device_name") else None
         rows.append(ReportRow(label or f"#{i + 1}", mp, ep, _breakdown(m.get("breakdown")), _breakdown(e.get("breakdown")),
                               _int_or_none(m.get("reserved_peak_bytes", m.get("reserved_bytes"))),
-                              _int_or_none(e.get("reserved_bytes"))))
+                              _int_or_none(e.get("reserved_bytes")), step_s=step_s,
+                              device=(device or _cuda_device_name(rec) or report_device) if step_s else None,
+                              inputs=dict(rec["inputs"]) if isinstance(rec.get("inputs"), Mapping) else None,
+                              trainable_params=_int_or_none(e.get("trainable_params")),
+                              total_params=_int_or_none(e.get("total_params")), bad_step_s=bad))
     if not rows:
         raise ReportError("error.report_empty", field="report")
     return rows

@@ -336,6 +336,7 @@ def time_section(t: Translator, sb: Sidebar, plan: planner.Plan) -> state.Inputs
                 help=t("time.metric.gpu_hours.help", n=fmt_int(tt.num_gpus)))
     c[4].metric(t("time.metric.cost"), _cost_text(tt.cost_usd),
                 help=t("time.metric.cost.help") if tt.cost_usd is not None else t("time.metric.cost.none"))
+    measured_time(t, sb, plan, n, epochs, price, utilization)
     st.plotly_chart(charts.flops_bar(planning.flops_split(plan.flops), t), key="chart_flops")
     st.caption(t("time.basis", examples=fmt_int(n), tokens_per_example=fmt_int(tt.tokens_per_example),
                  epochs=f"{float(epochs):g}", tokens=fmt_int(tt.tokens), sequences=fmt_int(tt.sequences),
@@ -353,6 +354,39 @@ def time_section(t: Translator, sb: Sidebar, plan: planner.Plan) -> state.Inputs
         st.dataframe(_frame(cols, rows), hide_index=True, width="stretch", key="flops_table")
         st.markdown("\n".join(f"- {md_text(note)}" for note in tt.notes))
     return inputs
+
+
+def measured_time(t: Translator, sb: Sidebar, plan: planner.Plan, n: Any, epochs: Any, price: Any,
+                  utilization: Any) -> None:
+    """Where a loaded validation report (Export tab) measured this plan's case on a GPU: the measured step
+    time next to the planned one, and the hours, cost and utilisation it implies (``planner.training_time``'s
+    ``measured_*``)."""
+    rows = st.session_state.get(REPORT_ROWS)
+    if not rows:
+        return
+    row = planning.report_match(rows, sb.inputs, sb.model, plan)
+    if row is None:
+        return
+    if row.step_s is None:
+        if row.bad_step_s is not None:
+            st.warning(t("report.step_s.invalid", case=row.label, value=row.bad_step_s))
+        return
+    timed = planning.training_time_for(plan, sb.gpu, num_examples=n, epochs=epochs, price_per_gpu_hour=price,
+                                       utilization=utilization, measured_step_s=row.step_s)
+    if not timed.ok or timed.time.measured_step_s is None:
+        return
+    tt = timed.time
+    c = st.columns(5)
+    c[1].metric(t("time.metric.measured_step_time"), seconds_text(t, tt.measured_step_s),
+                help=t("time.metric.measured_step_time.help"))
+    c[2].metric(t("time.metric.measured_hours"), _hours_text(t, tt.measured_hours))
+    c[3].metric(t("time.metric.measured_gpu_hours"), gpu_hours_text(tt.measured_gpu_hours))
+    c[4].metric(t("time.metric.measured_cost"), _cost_text(tt.measured_cost_usd))
+    c[0].metric(t("time.metric.measured_utilization"), fmt_pct(100 * tt.measured_utilization, 1),
+                help=t("time.metric.measured_utilization.help", fmt=tt.number_format, peak=f"{tt.peak_tflops:,.1f}",
+                       gpu=sb.gpu.name))
+    st.caption(t("time.measured", case=md_text(row.label), device=md_text(row.device or t("time.measured.unknown")),
+                 gpu=sb.gpu.name, ratio=f"{tt.measured_step_s / tt.step_s:.2f}" if tt.step_s else "—"))
 
 
 # ----- Recommend -----------------------------------------------------------------------------------------
@@ -735,21 +769,44 @@ def export_view(t: Translator, sb: Sidebar, outcome: Outcome) -> None:
     report_section(t)
 
 
+#: Session key of the last report read (``planning.ReportRow`` list): kept while the Export tab is closed, so
+#: that the Plan tab can show a measured step time; not a widget's, so streamlit does not drop it.
+REPORT_ROWS = "_report_rows"
+
+
 def report_section(t: Translator) -> None:
     st.subheader(t("report.heading"))
     upload = st.file_uploader(t("report.upload"), type=["json"], key="report_upload", help=t("report.help"),
                               max_upload_size=8)
     if upload is None:
+        kept = st.session_state.get(REPORT_ROWS)
+        if kept:
+            st.caption(t("report.kept", n=fmt_int(len(kept))))
+            if st.button(t("report.forget"), key="report_forget"):
+                st.session_state.pop(REPORT_ROWS, None)
+                st.rerun()
         return
     try:
         rows = planning.parse_report(upload.getvalue())
     except planner.PlannerError as exc:
+        st.session_state.pop(REPORT_ROWS, None)
         show_failure(st, t, planning.failure_from(exc))
         return
+    st.session_state[REPORT_ROWS] = rows
+    timed = any(r.step_s is not None for r in rows)
     table = [[r.label, fmt_gib(r.measured_peak), fmt_gib(r.estimated_peak),
-              "—" if r.error is None else f"{100 * r.error:+.2f}%"] for r in rows]
-    st.dataframe(_frame([t("report.col.case"), t("report.measured"), t("report.estimated"), t("report.col.error")], table),
-                 hide_index=True, width="stretch", key="report_table")
+              "—" if r.error is None else f"{100 * r.error:+.2f}%"]
+             + ([("—" if r.step_s is None else seconds_text(t, r.step_s)), r.device or "—"] if timed else [])
+             for r in rows]
+    cols = [t("report.col.case"), t("report.measured"), t("report.estimated"), t("report.col.error")]
+    if timed:
+        cols += [t("report.col.step_time"), t("report.col.device")]
+    st.dataframe(_frame(cols, table), hide_index=True, width="stretch", key="report_table")
+    for r in rows:
+        if r.bad_step_s is not None:
+            st.warning(t("report.step_s.invalid", case=r.label, value=r.bad_step_s))
+    if timed:
+        st.caption(t("report.step_time.caption"))
     first = rows[0]
     c = st.columns(3)
     c[0].metric(t("report.measured"), fmt_gib(first.measured_peak))

@@ -84,3 +84,26 @@ def test_cuda_tiny_llama_lora(llama_tiny) -> None:
     m = measure_step(llama_tiny, mode="cuda", batch_size=2, seq_len=64, peft_config=LORA_QV)
     assert m.ok, m.error
     assert m.peak_bytes > 0 and m.reserved_peak_bytes >= m.peak_bytes
+
+
+def test_step_s_is_the_median_after_the_warm_up_step() -> None:
+    from executors.measure import Measurement
+
+    def m(seconds):
+        return Measurement(mode="cuda", peak_bytes=1, peak_phase="forward", peak_step=1, phase_peaks={}, step_peaks=(),
+                           breakdown={}, trainable_params=1, total_params=1, wall_s=1.0, settings={},
+                           step_seconds=tuple(seconds))
+
+    assert m(()).step_s is None and m((5.0,)).step_s is None  # the first step is warm-up only
+    assert m((5.0, 0.2)).step_s == 0.2
+    assert m((5.0, 0.3, 0.1, 0.2)).step_s == pytest.approx(0.2)
+    assert "step_seconds" in m((1.0,)).to_dict()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_time(llama_tiny) -> None:
+    m = measure_step(llama_tiny, mode="cuda", batch_size=2, seq_len=64, peft_config=LORA_QV, steps=3)
+    assert m.ok, m.error
+    assert len(m.step_seconds) == 3 and all(s > 0 for s in m.step_seconds)
+    assert m.step_s is not None and m.step_s > 0

@@ -277,3 +277,63 @@ def test_fake_7b_lora_case_of_the_matrix(tmp_path) -> None:
     assert case["status"] == "ok"
     assert case["trainable"]["measured_peft"] == case["trainable"]["planned"] == 4_194_304
     assert 13 * 2**30 < case["measured"]["peak_bytes"] < 20 * 2**30
+
+
+# --------------------------------------------------------------------------------------------
+# Step time (cuda runs)
+
+
+def _measurement(mode: str, step_seconds: tuple[float, ...] = ()) -> Measurement:
+    return Measurement(mode=mode, peak_bytes=1000, peak_phase="backward", peak_step=2,
+                       phase_peaks={"forward": 900, "backward": 1000, "optimizer": 700}, step_peaks=(990, 1000),
+                       breakdown=dict.fromkeys(BREAKDOWN_KEYS, 0), trainable_params=10, total_params=100, wall_s=1.0,
+                       settings={}, step_seconds=step_seconds)
+
+
+def _result(case_id: str, measured: dict) -> dict:
+    case = validate.Case(id=case_id, model="meta-llama/Llama-2-7b-hf", options={"r": 8})
+    return {"id": case_id, "inputs": case.inputs(), "resolved": {"device": measured["mode"], "quantization": None},
+            "status": "ok", "message": None, "estimated": {"available": True, "peak_bytes": 1010},
+            "measured": measured, "comparison": None, "trainable": {"planned": 10, "measured_peft": 10, "match": True},
+            "merge_check": {"status": "not checked"}, "checks": {"passed": True, "problems": []}, "wall_s": 1.0}
+
+
+def _report(results: list[dict], kind: str) -> dict:
+    env = {"date": "2026-01-01T00:00:00+00:00", "device": {"kind": kind, "name": "NVIDIA H100 80GB HBM3"},
+           "torch": "2", "transformers": "5", "peft": "0.21", "bitsandbytes": None}
+    return {"schema": validate.REPORT_SCHEMA, "environment": env, "summary": validate.summarise(results),
+            "cases": results}
+
+
+def test_step_time_in_the_report_only_for_cuda_runs(tmp_path) -> None:
+    cuda = validate._measured_dict(_measurement("cuda", (2.0, 0.25, 0.35, 0.3)))
+    assert cuda["step_s"] == pytest.approx(0.3) and cuda["step_seconds"] == [2.0, 0.25, 0.35, 0.3]
+    assert "device_name" in cuda  # None without a GPU: the name is a label
+    one_step = validate._measured_dict(_measurement("cuda", (2.0,)))
+    assert one_step["step_s"] is None and validate.step_time(_result("x", one_step)) is None
+    fake = validate._measured_dict(_measurement("fake"))
+    assert not {"step_s", "step_seconds", "device_name"} & set(fake)  # as in reports written before
+
+    timed = _report([_result("timed", cuda), _result("one-step", one_step)], "cuda")
+    path = tmp_path / "cuda.json"
+    validate.write_json(path, timed)
+    back = json.loads(path.read_text())
+    assert [validate.step_time(r) for r in back["cases"]] == [pytest.approx(0.3), None]
+    md = validate.markdown_summary(back)
+    header = next(line for line in md.splitlines() if line.startswith("| case |"))
+    assert "| step time |" in header
+    row = next(line for line in md.splitlines() if line.startswith("| timed |"))
+    assert "| 300.0 ms |" in row and row.count("|") == header.count("|")
+    assert "Step time: " in md
+    assert "step time: 300.0 ms per step" in validate.format_case(back["cases"][0])
+
+    untimed = _report([_result("fake", fake)], "fake")
+    validate.write_json(path, untimed)
+    back = json.loads(path.read_text())
+    assert "step_s" not in back["cases"][0]["measured"]
+    md = validate.markdown_summary(back)
+    assert "step time" not in md.lower()
+    header = next(line for line in md.splitlines() if line.startswith("| case |"))
+    row = next(line for line in md.splitlines() if line.startswith("| fake |"))
+    assert row.count("|") == header.count("|") == 13
+    assert "step time" not in validate.format_case(back["cases"][0])

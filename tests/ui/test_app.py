@@ -537,3 +537,74 @@ def test_no_flops_is_a_message(app):
     no_exception(app)
     assert planner.estimate(MODEL, "vera").flops is None
     assert any(EN("time.no_flops", reason="").split("(")[0] in i.value for i in app.info)
+
+
+# ----- measured step time from a validation report ----------------------------------------------------------
+
+
+def _cuda_report(step_s, inputs=None) -> bytes:
+    inputs = inputs or state.DEFAULTS
+    model = planning.catalog_ref(MODEL)
+    plan = planning.estimate_for(inputs, model).plan
+    measured = {"mode": "cuda", "peak_bytes": 17_000_000_000}
+    if step_s is not None:
+        measured["step_s"] = step_s
+    return json.dumps({"environment": {"device": {"kind": "cuda", "name": "NVIDIA GeForce RTX 4090"}},
+                       "inputs": dict(planning.validate_case(inputs, model), id="cli"), "measured": measured,
+                       "estimated": {"peak_bytes": plan.memory.peak_bytes, "trainable_params": plan.trainable_params,
+                                     "total_params": plan.total_params}}).encode()
+
+
+def _load_report(at, raw: bytes):
+    at = open_view(at, "export")
+    at.file_uploader(key="report_upload").set_value(("report.json", raw, "application/json")).run()
+    no_exception(at)
+    return at
+
+
+def test_measured_step_time_next_to_the_plan(app):
+    at = _load_report(app, _cuda_report(1.25))
+    table = frame_with(at, EN("report.col.step_time"))
+    assert list(table[EN("report.col.step_time")]) == [EN("time.seconds", n="1.25")]
+    assert list(table[EN("report.col.device")]) == ["NVIDIA GeForce RTX 4090"]
+    at = open_view(at, "plan")
+    no_exception(at)
+    plan = planner.estimate(MODEL, "lora", r=16, **SETTINGS)
+    tt = planner.training_time(plan, "rtx-4090", num_examples=5000, measured_step_s=1.25)
+    assert metric(at, EN("time.metric.measured_step_time")) == EN("time.seconds", n="1.25")
+    assert metric(at, EN("time.metric.measured_utilization")) == fmt_pct(100 * tt.measured_utilization, 1)
+    assert metric(at, EN("time.metric.step_time"))  # the planned one is still there
+    page = texts(at)
+    assert "NVIDIA GeForce RTX 4090" in page and f"{tt.measured_step_s / tt.step_s:.2f}x" in page
+    # back on Export the uploader is empty (streamlit drops a hidden widget's file); the report is kept until forgotten
+    at = open_view(at, "export")
+    no_exception(at)
+    assert EN("report.kept", n="1") in texts(at)
+    at.button(key="report_forget").click().run()
+    no_exception(at)
+    assert EN("report.kept", n="1") not in texts(at)
+    at = open_view(at, "plan")
+    assert EN("time.metric.measured_step_time") not in [m.label for m in at.metric]
+    # a report of another case (a longer sequence) is not this plan's: nothing measured is shown
+    other = open_view(_load_report(at, _cuda_report(1.25, state.DEFAULTS.with_(seq_len=1024))), "plan")
+    no_exception(other)
+    assert EN("time.metric.measured_step_time") not in [m.label for m in other.metric]
+
+
+def test_report_without_step_time_shows_nothing_extra(app):
+    at = _load_report(app, _cuda_report(None))
+    assert EN("report.col.step_time") not in [c for df in at.dataframe for c in df.value.columns]
+    at = open_view(at, "plan")
+    no_exception(at)
+    labels = [m.label for m in at.metric]
+    assert EN("time.metric.step_time") in labels and EN("time.metric.measured_step_time") not in labels
+
+
+def test_malformed_step_time_is_ignored_with_a_message(app):
+    at = _load_report(app, _cuda_report("fast"))
+    message = EN("report.step_s.invalid", case=f"{MODEL} · lora", value='"fast"')
+    assert message in [w.value for w in at.warning]
+    at = open_view(at, "plan")
+    no_exception(at)
+    assert EN("time.metric.measured_step_time") not in [m.label for m in at.metric]
+    assert message in [w.value for w in at.warning]

@@ -469,3 +469,81 @@ def test_training_time_on_a_custom_gpu_or_without_flops():
     vera = DEFAULTS.with_(method="vera", options={})
     plan = estimate_for(vera, catalog_ref(MODEL)).plan
     assert plan.flops is None and "vera" in planning.flops_reason(vera, catalog_ref(MODEL), plan)
+
+
+# ----- measured step time (cuda reports) ---------------------------------------------------------------
+
+
+def _timed_report(inputs, step_s=0.5, **estimated):
+    plan = estimate_for(inputs, catalog_ref(MODEL)).plan
+    case = dict(planning.validate_case(inputs, catalog_ref(MODEL)), id="cli", notes="")
+    return {"schema": "peft-planner/validation-report/1",
+            "environment": {"device": {"kind": "cuda", "name": "NVIDIA A100-SXM4-80GB"}},
+            "inputs": case,
+            "measured": {"mode": "cuda", "peak_bytes": 17_000_000_000, "step_s": step_s, "step_seconds": [2.0, step_s]},
+            "estimated": {"peak_bytes": plan.memory.peak_bytes, "trainable_params": plan.trainable_params,
+                          "total_params": plan.total_params, **estimated}}, plan
+
+
+def test_parse_report_reads_step_time_and_device():
+    report, _ = _timed_report(DEFAULTS)
+    (row,) = planning.parse_report(json.dumps(report))
+    assert row.step_s == 0.5 and row.device == "NVIDIA A100-SXM4-80GB" and row.bad_step_s is None
+    report["measured"]["device_name"] = "NVIDIA H100 80GB HBM3"
+    assert planning.parse_report(json.dumps(report))[0].device == "NVIDIA H100 80GB HBM3"
+    (old,) = planning.parse_report(json.dumps(REPORT))  # a report from before step times: nothing extra
+    assert old.step_s is None and old.device is None and old.bad_step_s is None and old.inputs is None
+
+
+@pytest.mark.parametrize("bad", ["fast", -1, 0, True, [0.5], {"s": 1}])
+def test_parse_report_ignores_a_malformed_step_time(bad):
+    report, _ = _timed_report(DEFAULTS)
+    report["measured"]["step_s"] = bad
+    (row,) = planning.parse_report(json.dumps(report))
+    assert row.step_s is None and row.device is None and row.bad_step_s == json.dumps(bad)
+    assert row.measured_peak == 17_000_000_000  # the rest of the row is read as before
+
+
+def test_report_match_is_the_validate_command_case():
+    model = catalog_ref(MODEL)
+    report, plan = _timed_report(DEFAULTS)
+    rows = planning.parse_report(json.dumps(report))
+    assert planning.report_match(rows, DEFAULTS, model, plan) is rows[0]
+    other = DEFAULTS.with_(batch_size=2)
+    other_plan = estimate_for(other, model).plan
+    assert planning.report_match(rows, other, model, other_plan) is None
+    r8 = DEFAULTS.with_(options={**DEFAULTS.options, "r": 8})
+    assert planning.report_match(rows, r8, model, estimate_for(r8, model).plan) is None
+    for changed in (dict(gradient_accumulation_steps=4), dict(mixed_precision="bf16"), dict(gpu_count=2)):
+        assert planning.report_match(rows, DEFAULTS.with_(**changed), model, plan) is None, changed
+    shrunk = json.loads(json.dumps(report))
+    shrunk["inputs"]["config_overrides"] = {"num_hidden_layers": 2}
+    assert planning.report_match(planning.parse_report(json.dumps(shrunk)), DEFAULTS, model, plan) is None
+    recount = json.loads(json.dumps(report))
+    recount["estimated"]["trainable_params"] += 1
+    assert planning.report_match(planning.parse_report(json.dumps(recount)), DEFAULTS, model, plan) is None
+    # spelled as a matrix case would spell it (dtype alias, explicit "none" quantization): the same case
+    matrix = json.loads(json.dumps(report))
+    matrix["inputs"].update(dtype="bf16", quantization="none", id="a")
+    matrix = {"environment": report["environment"], "cases": [matrix]}
+    (row,) = planning.parse_report(json.dumps(matrix))
+    assert planning.report_match([row], DEFAULTS, model, plan) is row and row.device == "NVIDIA A100-SXM4-80GB"
+
+
+@pytest.mark.parametrize("inputs", [
+    DEFAULTS,
+    DEFAULTS.with_(method="dora", options={"r": 8, "lora_dropout": 0.05}, targets=["q_proj", "o_proj"], batch_size=2,
+                   optimizer="sgd", attn_implementation="eager", dtype="float16"),
+    DEFAULTS.with_(method="qlora", options={"r": 64, "lora_alpha": 128.0, "use_rslora": True}, targets="all-linear",
+                   gradient_checkpointing=False, optimizer="paged_adamw_8bit", quantization="fp4"),
+    DEFAULTS.with_(method="ia3", options={}, targets="re:.*v_proj"),
+], ids=["default", "dora", "qlora-fp4", "ia3-regex"])
+def test_validate_case_is_what_the_executors_record(inputs):
+    """validate_case is Case.inputs() of the command's own arguments, as executors.validate writes it."""
+    import shlex
+
+    validate = pytest.importorskip("executors.validate")
+    args = validate._parser().parse_args(shlex.split(planning.validate_command(inputs, catalog_ref(MODEL)))[3:])
+    recorded = validate.case_from_args(args).inputs()
+    want = planning.validate_case(inputs, catalog_ref(MODEL))
+    assert {k: recorded[k] for k in want} == want
