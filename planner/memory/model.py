@@ -181,6 +181,7 @@ def _prepare(spec: ModelSpec, plan: MethodPlan, settings: TrainingSettings):
                   quantized=quantized, compute_dtype=str(compute).replace("torch.", ""), stream_dtype=stream)
     ctx.program = program
     ctx.parallel = None
+    ctx.autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(settings.mixed_precision)
     weights, quant, tensors = _static(ctx)
     ctx.resident_grad_bytes = sum(round_alloc(nbytes(t.numel, t.dtype)) for t in tensors)  # every trainable .grad
     opt = optimizer_bytes(settings.optimizer, tensors)

@@ -5,6 +5,7 @@ the :class:`~planner.methods.base.MethodPlan` and the settings, read by the fami
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from planner.architectures.base import ModuleEntry, ModuleKind
@@ -45,6 +46,7 @@ class Context:
     unsupported: list[str] = field(default_factory=list)
     layer_indices: tuple[int, ...] = ()  # the blocks the replay runs (a prefix when extrapolating)
     parallel: Any = None  # the data-parallel strategy (planner.memory.parallel), None on one GPU
+    autocast_dtype: str | None = None  # mixed_precision: the dtype autocast runs matmuls / SDPA in
 
     def param(self, module: str, name: str = "weight") -> Param | None:
         entry = self.spec.inventory.by_path.get(module)
@@ -85,7 +87,10 @@ class Context:
                     del xa
             else:
                 scaling = None
-            result = ops.linear(sim, xin, in_f, out_f, self.param(module), bias)
+            if self.autocast_dtype is not None:
+                result = self.linear_autocast(xin, in_f, out_f, self.param(module), bias)
+            else:
+                result = ops.linear(sim, xin, in_f, out_f, self.param(module), bias)
             del xin
             if scaling is not None and adapter.kind == "ia3_out":
                 dtype = result.dtype
@@ -100,15 +105,57 @@ class Context:
             del xa
             return ops.cast(sim, result, out_dtype)
         d = ops.dropout(sim, xa, adapter.dropout)
-        a = ops.linear(sim, d, in_f, adapter.r, adapter.a)
+        lin = self.linear_autocast if self.autocast_dtype is not None else partial(ops.linear, sim)
+        a = lin(d, in_f, adapter.r, adapter.a)
         del d
-        b = ops.linear(sim, a, adapter.r, out_f, adapter.b)
+        b = lin(a, adapter.r, out_f, adapter.b)
         del a
         s = ops.mul(sim, b, None)
         del b
         result = ops.add(sim, result, s)
         del s, xa
         return ops.cast(sim, result, out_dtype)
+
+    def autocast_cast(self, p: Param) -> Tensor:
+        """A parameter as autocast hands it to a lower-precision op: a trainable fp32 leaf is cast
+        once per autocast region (the cached copy, which the sim holds until the region exits; its
+        ``ToCopyBackward`` casts the gradient back to fp32 into ``.grad``); a frozen one is cast
+        afresh at every use (not recorded, alive while the op's saved tensors or the caller hold it)."""
+        sim, dt = self.sim, self.autocast_dtype
+        if not p.trainable:
+            return sim.tensor(p.numel, dt, False, category="temporaries")
+        t = sim.autocast_cache.get(p.key)
+        if t is None:
+            t = sim.tensor(p.numel, dt, True, category="temporaries")
+            sim.node([], lambda outs: (sim.param_grad(p.key, p.numel, p.dtype), {})[1], [t], inputs=[])
+            sim.autocast_cache[p.key] = t
+        return t
+
+    def linear_autocast(self, x: Tensor, in_f: int, out_f: int, w: Param, b: Param | None = None) -> Tensor:
+        """``F.linear`` under autocast (lower-precision list): the weight cast (cached when it trains,
+        else a fresh copy), the input cast (a ``_to_copy`` per call, even of the same input), the bias
+        cast, then ``mm`` / ``addmm`` in the autocast dtype. ``mm`` saves the input copy when the
+        weight trains and the weight copy when the input needs a gradient (a frozen weight's copy then
+        lives until this matmul's backward); its gradients come out in the autocast dtype and the
+        casts' backward nodes bring them back to fp32."""
+        sim, dt = self.sim, self.autocast_dtype
+        wc = self.autocast_cast(w)
+        xc = ops.cast(sim, x, dt)
+        bc = self.autocast_cast(b) if b is not None else None
+        rg = xc.rg or wc.rg or (bc is not None and bc.rg)
+        node = None
+        if rg:
+            # the inputs are packed into the node before the kernel runs (VariableType's order): a
+            # checkpoint recomputation that stops at this node never allocates the output
+            saved = ([xc] if wc.rg else []) + ([wc] if xc.rg else [])
+            spec = [(t.key, t.numel, t.dtype) for t in (xc, wc, bc) if t is not None and t.rg]
+            node = sim.node(saved, lambda outs: {k: ops._grad(sim, n, d) for k, n, d in spec}, [], inputs=[xc, wc, bc])
+        out = sim.tensor(xc.numel // in_f * out_f, dt, rg)
+        if node is not None:
+            node.output_keys.append(out.key)
+            out.grad_fn = node
+        del wc, xc, bc
+        return out
 
     def _dora(self, x: Tensor, result: Tensor, entry: ModuleEntry, adapter: Adapter) -> Tensor:
         """PEFT ``DoraLinearVariant.forward`` + ``DoraLinearLayer.forward`` (peft/tuners/lora/dora.py):

@@ -65,6 +65,9 @@ class Sim:
         # gradient accumulation, a micro-step after the first: every .grad already exists (counted in
         # the base) and each new gradient is added in place (a temporary of its size while adding)
         self.grads_resident = False
+        # autocast's weight-cast cache (autocast_mode.cpp ``cached_cast``): the low-precision copy of
+        # each trainable fp32 leaf, made once per autocast region and held until the region exits
+        self.autocast_cache: dict[str, "Tensor"] = {}
 
     # -- accounting ------------------------------------------------------------------------
     def set_base(self, base: dict[str, Bytes]) -> None:
@@ -200,6 +203,9 @@ class Sim:
         frame.recomputed = True
         outer_nodes, self.nodes = self.nodes, []  # the recomputation's own graph is not kept
         self.recomputing = frame
+        # the recomputation re-enters autocast (checkpoint restores its state): a cache of its own,
+        # cleared when it exits (early, at _StopRecomputation, too)
+        outer_cache, self.autocast_cache = self.autocast_cache, {}
         try:
             out = frame.fn(frame.input)
             del out
@@ -208,6 +214,7 @@ class Sim:
         finally:
             self.recomputing = None
             self.nodes = outer_nodes
+            self.autocast_cache = outer_cache
 
     def param_grad(self, key: str, numel: int, dtype: str) -> None:
         """``.grad`` of a trainable parameter: created by the first node that reaches it, then

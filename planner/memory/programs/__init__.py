@@ -67,6 +67,8 @@ class Program:
         notes = list(ctx.unsupported)
         if ctx.settings.attn_implementation == "flash_attention_2":
             notes.append(FLASH_ATTENTION_2_NOTE)
+        if ctx.settings.mixed_precision == "fp16":
+            notes.append(GRAD_SCALER_NOTE)
         return notes
 
     def error_band(self, ctx) -> float:
@@ -76,6 +78,37 @@ class Program:
         if ctx.settings.attn_implementation == "flash_attention_2":
             return FLASH_ATTENTION_2_ERROR_BAND
         return REPLAYED_ERROR_BAND
+
+
+#: Autocast mixed precision (``mixed_precision`` over fp32 weights) is replayed for these families
+#: and methods, with SDPA on one GPU (validated against executors' autocast measurement).
+AUTOCAST_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+AUTOCAST_METHODS = frozenset({"full", "lora"})
+AUTOCAST_MODES = frozenset({"bf16", "fp16"})
+#: fp16 autocast runs the same casts as bf16 (the same 2-byte copies); its GradScaler adds scalars.
+GRAD_SCALER_NOTE = (
+    "fp16 autocast: the GradScaler's scalar state (scale, growth tracker, scaled loss, found_inf: a few 512-byte "
+    "blocks) is not replayed; measured on the CPU (real tensors): +512 B in backward, +1.5 KiB in the optimizer step")
+
+
+def autocast_reason(spec, plan: MethodPlan, settings) -> str | None:
+    """Why autocast mixed precision is not modelled for this case (None: it is)."""
+    head = f"memory under autocast mixed precision ({settings.mixed_precision} over fp32 weights)"
+    if settings.mixed_precision not in AUTOCAST_MODES:
+        return f"{head} is not modelled (modelled: {', '.join(sorted(AUTOCAST_MODES))})"
+    if spec.model_type not in AUTOCAST_FAMILIES:
+        return (f"{head} is not modelled for model_type {spec.model_type!r} yet (modelled for "
+                f"{', '.join(sorted(AUTOCAST_FAMILIES))}); use dtype='bfloat16'")
+    if plan.method not in AUTOCAST_METHODS:
+        return (f"{head} is not modelled for {plan.method} yet (modelled for {', '.join(sorted(AUTOCAST_METHODS))}); "
+                "use dtype='bfloat16'")
+    if settings.attn_implementation != "sdpa":
+        return f"{head} is modelled with attn_implementation='sdpa' only (got {settings.attn_implementation!r})"
+    if settings.quantization:
+        return f"{head} with quantized base weights is not modelled; QLoRA uses its bnb compute dtype instead"
+    if settings.sharding is not None:
+        return f"{head} is modelled on one GPU only (no sharding strategy) yet"
+    return None
 
 
 def unsupported_reason(spec, plan: MethodPlan, settings) -> str | None:
@@ -96,7 +129,9 @@ def unsupported_reason(spec, plan: MethodPlan, settings) -> str | None:
             return (f"memory of prefix tuning is not modelled for model_type {spec.model_type!r} yet (replayed for "
                     f"{', '.join(sorted(PREFIX_FAMILIES))})")
     if settings.mixed_precision:
-        return "memory under autocast mixed precision (fp32 weights) is not modelled yet; use dtype='bfloat16'"
+        reason = autocast_reason(spec, plan, settings)
+        if reason is not None:
+            return reason
     if settings.attn_implementation == "flash_attention_2":
         if spec.model_type not in FLASH_ATTENTION_2_FAMILIES:
             return (f"memory with flash_attention_2 is not modelled for model_type {spec.model_type!r} yet (modelled for "
@@ -118,7 +153,7 @@ def unsupported_reason(spec, plan: MethodPlan, settings) -> str | None:
 def program_for(spec, plan: MethodPlan, settings) -> Program | None:
     if unsupported_reason(spec, plan, settings) is not None:
         return None
-    if plan.method not in REPLAYED_METHODS or settings.mixed_precision or (settings.quantization or {}).get("load_in_8bit"):
+    if plan.method not in REPLAYED_METHODS or (settings.quantization or {}).get("load_in_8bit"):
         return None
     module = _family_modules().get(spec.model_type)
     return Program(module) if module is not None else None

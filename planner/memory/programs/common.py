@@ -46,6 +46,7 @@ def causal_lm_forward(ctx: Context, prog: Any, batch: Any, seq: Any):
     padded = sim.tensor(batch * (seq + 1), "int64", category="inputs")
     loss = ops.cross_entropy(sim, l32, spec.vocab_size, batch * seq)
     del padded, l32, logits, h, peft_frame, cache
+    sim.autocast_cache.clear()  # the autocast region (forward and loss) exits: cached weight copies go
     sim.category = "activations"
     return loss, {"batch": (ids, labels), "graph": locals().get("shared")}
 

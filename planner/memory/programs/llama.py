@@ -158,6 +158,17 @@ def attention(ctx: Context, x: Tensor, prefix: str, sh: Shared, batch, seq, n: i
     k = rotary(ctx, k, sh.cos, sh.sin)
     k, v = sh.cache.update(k, v, n)  # DynamicCache: ``cat([past, k])`` copies, held until forward returns
     mask = sh.mask(n)
+    q32 = k32 = None
+    if ctx.autocast_dtype is not None:
+        # SDPA is on autocast's lower-precision list: the fp32 q / k (rotary's cos / sin are fp32)
+        # are cast (k first, as traced), v is already in the autocast dtype; the fp32 query_states /
+        # key_states stay bound in LlamaAttention.forward until it returns (the bf16 copies are what
+        # SDPA saves)
+        q32, k32 = q, k
+        if mask is None or ctx.settings.attn_implementation != "sdpa":
+            k = ops.cast(sim, k, ctx.autocast_dtype)
+            q = ops.cast(sim, q, ctx.autocast_dtype)
+            v = ops.cast(sim, v, ctx.autocast_dtype)
     if ctx.settings.attn_implementation == "eager":
         out = eager(ctx, q, k, v, mask, batch, seq, sh.kv_len)
     elif ctx.settings.attn_implementation == "flash_attention_2":
@@ -168,7 +179,9 @@ def attention(ctx: Context, x: Tensor, prefix: str, sh: Shared, batch, seq, n: i
     else:
         out = sdpa_masked(ctx, q, k, v, mask, batch, seq, sh.kv_len)
     del q, k, v
-    return ctx.linear(out, f"{prefix}.o_proj")
+    o = ctx.linear(out, f"{prefix}.o_proj")
+    del q32, k32
+    return o
 
 
 def sdpa_masked(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, batch, seq, kv_len) -> Tensor:
@@ -182,12 +195,18 @@ def sdpa_masked(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bat
     groups = spec.num_attention_heads // spec.num_key_value_heads
     kr = ops.expand_copy(sim, k, groups)
     vr = ops.expand_copy(sim, v, groups)
+    held = ()
+    if ctx.autocast_dtype is not None:  # repeat_kv runs before F.scaled_dot_product_attention casts
+        held = (kr, vr)  # the fp32 repeats stay bound in sdpa_attention_forward during the call
+        kr = ops.cast(sim, kr, ctx.autocast_dtype)
+        q = ops.cast(sim, q, ctx.autocast_dtype)
+        vr = ops.cast(sim, vr, ctx.autocast_dtype)
     inverted = sim.tensor(batch * seq * kv_len, "bool")
     bias = sim.tensor(batch * seq * kv_len, q.dtype)
     del inverted
     out = sdpa_with_bias(sim, q, kr, vr, batch=batch, heads=spec.num_attention_heads, q_len=seq,
                          head_dim=spec.head_dim, bias=bias)
-    del kr, vr, bias
+    del kr, vr, bias, held
     return out
 
 

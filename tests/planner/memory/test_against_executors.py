@@ -24,7 +24,7 @@ GEMMA = dict(TINY, model_type="gemma", hidden_act="gelu_pytorch_tanh", head_dim=
 BIAS = dict(TINY, attention_bias=True)
 
 SETTINGS_KEYS = ("batch_size", "seq_len", "dtype", "gradient_checkpointing", "attn_implementation", "optimizer",
-                 "gradient_accumulation_steps")
+                 "gradient_accumulation_steps", "mixed_precision")
 
 CASES = [
     ("lora-qv", TINY, "lora", dict(r=8, target_modules=["q_proj", "v_proj"]), dict(batch_size=2, seq_len=64)),
@@ -61,6 +61,22 @@ CASES = [
                                                                                 gradient_accumulation_steps=2)),
     ("qwen3-lora", QWEN3, "lora", dict(r=8, target_modules="all-linear"), dict(batch_size=2, seq_len=64)),
     ("gemma-lora", GEMMA, "lora", dict(r=8, target_modules="all-linear"), dict(batch_size=2, seq_len=64)),
+    # autocast mixed precision: fp32 weights, forward + loss under torch.autocast(bfloat16)
+    ("full-bf16", TINY, "full", {}, dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16")),
+    ("full-bf16-gc", TINY, "full", {}, dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16",
+                                            gradient_checkpointing=True)),
+    ("lora-bf16", TINY, "lora", dict(r=8, target_modules=["q_proj", "v_proj"]),
+     dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16")),
+    ("lora-bf16-gc", TINY, "lora", dict(r=8, target_modules=["q_proj", "v_proj"]),
+     dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16", gradient_checkpointing=True)),
+    ("lora-all-smallvocab-bf16", SMALL_VOCAB, "lora", dict(r=8, target_modules="all-linear", lora_dropout=0.05),
+     dict(batch_size=2, seq_len=256, dtype="float32", mixed_precision="bf16")),
+    ("qwen3-lora-bf16", QWEN3, "lora", dict(r=8, target_modules="all-linear"),
+     dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16")),
+    ("mistral-window-lora-bf16", dict(TINY, model_type="mistral", sliding_window=32), "lora",
+     dict(r=8, target_modules=["q_proj", "v_proj"]), dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16")),
+    ("qwen2-bias-full-bf16", dict(TINY, model_type="qwen2"), "full", {},
+     dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="bf16")),
 ]
 
 
@@ -112,6 +128,26 @@ def _trainable_tensor_keys(config, method, options) -> list[str]:
 
     ctx.program = program_for(spec, mplan, settings)
     return [t.key for t in _static(ctx)[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("full", {}), ("lora", dict(r=8, target_modules=["q_proj", "v_proj"]))],
+                         ids=["full", "lora"])
+def test_fp16_autocast_matches_cpu_measurement(method, options):
+    """fp16 autocast (GradScaler) is measurable only on real tensors (``cpu`` mode): the same casts as
+    bf16; the scaler's scalars (scale, growth tracker, scaled loss, found_inf) are not replayed and
+    measured at +512 B (backward) and +1.5 KiB (optimizer step)."""
+    from executors.measure import measure_step
+
+    settings = dict(batch_size=2, seq_len=64, dtype="float32", mixed_precision="fp16")
+    plan = planner.estimate(TINY, method, **options, **settings)
+    assert plan.memory is not None and any("GradScaler" in n for n in plan.notes)
+    m = measure_step(TINY, mode="cpu", peft_config=plan.peft_config, **settings)
+    assert m.error is None, m.error
+    steps = 512 * len(_trainable_tensor_keys(TINY, method, options))
+    for phase, measured in m.phase_peaks.items():
+        predicted = plan.memory.phase_peaks[phase] + steps
+        assert 0 <= measured - predicted <= 2048, f"{phase}: predicted {predicted:,} vs measured {measured:,}"
 
 
 @pytest.mark.slow
