@@ -553,7 +553,8 @@ def recommend(model: ModelLike, gpus: Any, *, task: str, num_examples: int, prio
     entries: list[tuple[tuple, Plan]] = []
     rejected: list[tuple[str, str, Reason]] = []
     fitted_by: dict[tuple[str, str], Fitted] = {}
-    for cand in candidates(spec, guide_row, num_examples):
+    cands = {c.label: c for c in candidates(spec, guide_row, num_examples)}
+    for cand in cands.values():
         for g, count in hw:
             result = fit(spec, cand, g, count, effective_batch_size, settings)
             if isinstance(result, Fitted):
@@ -562,7 +563,7 @@ def recommend(model: ModelLike, gpus: Any, *, task: str, num_examples: int, prio
                 code, params = result
                 rejected.append((cand.label, g.id, _reason(code, **params)))
     for (label, gid), f in fitted_by.items():
-        cand = next(c for c in candidates(spec, guide_row, num_examples) if c.label == label)
+        cand = cands[label]
         reasons = list(cand.reasons) + _method_reasons(cand, f, fitted_by, spec, settings)
         timing = _timing(f, num_examples, seq_len, epochs, price_per_gpu_hour, utilization)
         hours, cost = timing if timing else (None, None)

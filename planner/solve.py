@@ -177,10 +177,8 @@ def solve_gpus(model: Any, method: str | Mapping[str, Any] = "lora", *, gpu: str
             f"{g.usable_memory_bytes / 2**30:.1f} GiB usable) and {sharding or 'DDP'} replicates the model on every "
             "GPU, so no GPU count fits; shard it (sharding='zero3' or 'fsdp_full_shard'), offload, or shrink the "
             "batch / sequence", field="sharding")
-    hi = 1
-    while hi < ceiling and not ok(min(hi * 2, ceiling)):
-        hi = min(hi * 2, ceiling)
-    if hi >= ceiling:
+    last_short = _largest(lambda n: not ok(n), 1, ceiling)  # the same doubling + bisection, on "does not fit"
+    if last_short >= ceiling:
         need = plan_at(ceiling).memory.device_bytes
         raise PlannerError(
             f"does not fit {g.name} under {sharding} with up to {ceiling} GPUs ({need / 2**30:.1f} GiB per GPU at "
@@ -188,11 +186,4 @@ def solve_gpus(model: Any, method: str | Mapping[str, Any] = "lora", *, gpu: str
             "still falling, else what does not shrink with more GPUs (activations, the gathered layer, replicated "
             "parameters) is too large: use gradient checkpointing, a smaller batch / sequence, offload, or a larger "
             "GPU", field="num_gpus")
-    lo, good = hi, min(hi * 2, ceiling)  # not ok(lo), ok(good)
-    while good - lo > 1:
-        mid = (lo + good) // 2
-        if ok(mid):
-            good = mid
-        else:
-            lo = mid
-    return good
+    return last_short + 1
